@@ -1,0 +1,63 @@
+// Package algorithms decides rate-limit requests. Each algorithm is a Redis Lua script
+// (embedded beside the Go that calls and decodes it) and a native Go twin of that script that
+// runs on the in-memory store; both give the same answers for the same clock.
+//
+// Every decision reads the clock of the store that owns the key (Redis TIME, or the memory
+// store's clock), never the caller's.
+package algorithms
+
+import (
+	"context"
+	"time"
+)
+
+// Name names an algorithm; the values match config.Algorithm.
+type Name string
+
+// Algorithms.
+const (
+	FixedWindow   Name = "fixed_window"
+	SlidingWindow Name = "sliding_window"
+	TokenBucket   Name = "token_bucket"
+)
+
+// Request is one decision for one key.
+type Request struct {
+	Algorithm Name
+	// Key is the full storage key; every key of one decision shares its hash tag.
+	Key string
+	// Limit is the number of requests allowed per Window (token bucket: the refill rate).
+	Limit int64
+	// Window is the length of one window (token bucket: the time to refill Limit tokens).
+	Window time.Duration
+	// Burst is the token bucket's capacity; ignored by the other algorithms.
+	Burst int64
+	// Hits is the cost: 0 checks without charging; a negative cost refunds (never below empty).
+	Hits int64
+	// CountRejected charges refused hits too (envoyproxy/ratelimit's behaviour).
+	CountRejected bool
+}
+
+// Result is the answer for one Request.
+type Result struct {
+	// Allowed reports whether the hits were admitted (and charged).
+	Allowed bool
+	// Remaining is what is left after this decision, never negative.
+	Remaining int64
+	// Limit echoes the capacity the decision used (Burst for the token bucket).
+	Limit int64
+	// ResetAfter is how long until the key is back to its full capacity (fixed window: the
+	// end of the current window, W - now mod W).
+	ResetAfter time.Duration
+	// RetryAfter is how long until the same hits would be admitted; zero when allowed, and
+	// zero when they can never be admitted (see Never).
+	RetryAfter time.Duration
+	// Never reports that the hits exceed the capacity and can never be admitted.
+	Never bool
+}
+
+// Decider runs a batch of decisions. Results are in the order of the requests. An error means
+// no result is trustworthy (storage unreachable, malformed reply, deadline exceeded).
+type Decider interface {
+	Decide(ctx context.Context, reqs []Request) ([]Result, error)
+}

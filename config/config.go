@@ -1,0 +1,100 @@
+// Package config reads rate-limit descriptor files in the envoyproxy/ratelimit YAML format,
+// validates them strictly and compiles them into an immutable lookup tree.
+//
+// A Set is immutable once built and safe for concurrent use; reloading builds a new Set and
+// the caller swaps it atomically.
+package config
+
+import (
+	"time"
+)
+
+// Unit is the time unit of a limit, as in envoyproxy/ratelimit.
+type Unit int
+
+// Units, in the order of Envoy's RateLimitUnit enum (UNKNOWN = 0 is not a valid unit).
+const (
+	UnitUnknown Unit = iota
+	UnitSecond
+	UnitMinute
+	UnitHour
+	UnitDay
+	UnitMonth
+	UnitYear
+	UnitWeek
+)
+
+// Duration is the length of one unit: a month is 30 days and a year 365 days, as in
+// envoyproxy/ratelimit.
+func (u Unit) Duration() time.Duration {
+	switch u {
+	case UnitSecond:
+		return time.Second
+	case UnitMinute:
+		return time.Minute
+	case UnitHour:
+		return time.Hour
+	case UnitDay:
+		return 24 * time.Hour
+	case UnitWeek:
+		return 7 * 24 * time.Hour
+	case UnitMonth:
+		return 30 * 24 * time.Hour
+	case UnitYear:
+		return 365 * 24 * time.Hour
+	}
+	return 0
+}
+
+// Algorithm names the algorithm that enforces a limit.
+type Algorithm string
+
+// Algorithms.
+const (
+	FixedWindow   Algorithm = "fixed_window"
+	SlidingWindow Algorithm = "sliding_window"
+	TokenBucket   Algorithm = "token_bucket"
+)
+
+// DefaultNearLimitRatio is the share of a limit at and above which an admitted request is
+// graded near limit.
+const DefaultNearLimitRatio = 0.8
+
+// Limit is one compiled rate_limit. Every field is filled with its default, so callers never
+// interpret zero values.
+type Limit struct {
+	// Name is the rate_limit's name, empty when it has none.
+	Name string
+	// Path is the descriptor path of the rule for logs, e.g. "shop/client=acme/route".
+	Path string
+	// Unlimited limits are reported, never counted.
+	Unlimited bool
+	// RequestsPerUnit is the number of requests allowed per Window.
+	RequestsPerUnit uint32
+	// Unit is the configured unit; Window is UnitMultiplier of them.
+	Unit           Unit
+	UnitMultiplier uint32
+	Window         time.Duration
+	// Algorithm is FixedWindow unless the rule names another.
+	Algorithm Algorithm
+	// Burst is the token bucket's capacity (RequestsPerUnit unless set); 0 for other algorithms.
+	Burst uint32
+	// NearLimitRatio is in (0, 1]; DefaultNearLimitRatio unless set.
+	NearLimitRatio float64
+	// CountRejected asks for envoyproxy/ratelimit's behaviour: refused hits are counted too and
+	// this descriptor is not refunded when another descriptor refuses the request.
+	CountRejected bool
+	// ShadowMode reports refusals as OK while counting as usual.
+	ShadowMode bool
+	// DetailedMetric is accepted for compatibility.
+	DetailedMetric bool
+	// Replaces lists the names of limits this one replaces within a request.
+	Replaces []string
+}
+
+// Entry is one key/value pair of a request descriptor. Envoy's
+// *ratelimitv3.RateLimitDescriptor_Entry satisfies it.
+type Entry interface {
+	GetKey() string
+	GetValue() string
+}
