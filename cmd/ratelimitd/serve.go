@@ -1,0 +1,261 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/reflection"
+
+	"github.com/ratelimitd/ratelimitd/algorithms"
+	"github.com/ratelimitd/ratelimitd/config"
+	"github.com/ratelimitd/ratelimitd/server"
+	"github.com/ratelimitd/ratelimitd/storage"
+)
+
+// serveFlags are the settings of `ratelimitd serve`.
+type serveFlags struct {
+	configDir       string
+	grpcAddr        string
+	httpAddr        string
+	redisURL        string
+	keyPrefix       string
+	storageTimeout  time.Duration
+	deadlineMargin  time.Duration
+	xRateLimit      bool
+	nearLimitHeader string
+	logLevel        string
+	shutdownTimeout time.Duration
+}
+
+func parseServeFlags(args []string, stderr io.Writer) (serveFlags, error) {
+	var f serveFlags
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = flagUsage(fs, "ratelimitd serve -config DIR [flags]")
+	fs.StringVar(&f.configDir, "config", "", "directory of descriptor YAML files (required); reloaded when it changes")
+	fs.StringVar(&f.grpcAddr, "grpc-addr", "127.0.0.1:8081", "gRPC listen address (Envoy rate-limit API, health, reflection)")
+	fs.StringVar(&f.httpAddr, "http-addr", "127.0.0.1:8080", "HTTP listen address (/json, /healthz, /readyz, /metrics)")
+	fs.StringVar(&f.redisURL, "redis-url", "", "Redis URL (redis://[user:password@]host:port/db or rediss:// for TLS); empty: in-memory store, one replica only")
+	fs.StringVar(&f.keyPrefix, "key-prefix", "ratelimitd:", "prefix of every storage key")
+	fs.DurationVar(&f.storageTimeout, "storage-timeout", time.Second, "bound of a storage call when the caller sets no deadline")
+	fs.DurationVar(&f.deadlineMargin, "deadline-margin", 5*time.Millisecond, "time kept back from the caller's deadline to answer UNAVAILABLE before it expires")
+	fs.BoolVar(&f.xRateLimit, "x-ratelimit-headers", false, "also add X-RateLimit-Limit, -Remaining and -Reset to responses")
+	fs.StringVar(&f.nearLimitHeader, "near-limit-header", "x-ratelimit-grade: near-limit", `request header added for the upstream when a request is admitted near its limit ("name: value", or "-" for none)`)
+	fs.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn, error")
+	fs.DurationVar(&f.shutdownTimeout, "shutdown-timeout", 10*time.Second, "how long in-flight requests may finish on SIGINT/SIGTERM")
+	if err := parseWithEnv(fs, args, os.LookupEnv); err != nil {
+		return f, err
+	}
+	switch {
+	case fs.NArg() > 0:
+		return f, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	case f.configDir == "":
+		return f, errors.New("-config: a configuration directory is required (or RATELIMITD_CONFIG)")
+	case f.storageTimeout <= 0:
+		return f, errors.New("-storage-timeout: must be positive")
+	case f.deadlineMargin < 0:
+		return f, errors.New("-deadline-margin: must not be negative")
+	}
+	return f, nil
+}
+
+// serve runs the service until ctx ends, then stops gracefully. It returns the exit code.
+func serve(ctx context.Context, args []string, stderr io.Writer) int {
+	f, err := parseServeFlags(args, stderr)
+	if err != nil {
+		if !errors.Is(err, flag.ErrHelp) {
+			fmt.Fprintf(stderr, "ratelimitd serve: %v\n", err)
+		}
+		return 2
+	}
+	log, err := newLogger(f.logLevel)
+	if err != nil {
+		fmt.Fprintf(stderr, "ratelimitd serve: -log-level: %v\n", err)
+		return 2
+	}
+	defer func() { _ = log.Sync() }()
+	if err := runServer(ctx, f, log); err != nil {
+		log.Error("ratelimitd stopped", zap.Error(err))
+		return 1
+	}
+	return 0
+}
+
+func newLogger(level string) (*zap.Logger, error) {
+	lvl, err := zapcore.ParseLevel(level)
+	if err != nil {
+		return nil, err
+	}
+	cfg := zap.NewProductionConfig()
+	cfg.Level = zap.NewAtomicLevelAt(lvl)
+	return cfg.Build()
+}
+
+// runServer wires config, storage, algorithms and the server, serves until ctx ends, and
+// stops everything it started before returning.
+func runServer(ctx context.Context, f serveFlags, log *zap.Logger) error {
+	set, err := config.Load(f.configDir)
+	if err != nil {
+		return fmt.Errorf("load config: %w", err)
+	}
+	decider, pinger, closeStore, err := openStore(f.redisURL, log)
+	if err != nil {
+		return err
+	}
+	defer closeStore()
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	headers := server.HeaderOptions{XRateLimit: f.xRateLimit}
+	headers.NearLimitName, headers.NearLimitValue = splitHeader(f.nearLimitHeader)
+	srv := server.New(server.Options{
+		Decider:        decider,
+		Storage:        pinger,
+		Logger:         log,
+		Registerer:     reg,
+		Gatherer:       reg,
+		KeyPrefix:      f.keyPrefix,
+		StorageTimeout: f.storageTimeout,
+		DeadlineMargin: f.deadlineMargin,
+		Headers:        headers,
+	})
+	srv.SetRules(set)
+	log.Info("configuration loaded", zap.String("dir", f.configDir), zap.Strings("domains", set.Domains()), zap.Int("rules", set.RuleCount()))
+
+	var lc net.ListenConfig
+	grpcLis, err := lc.Listen(ctx, "tcp", f.grpcAddr)
+	if err != nil {
+		return fmt.Errorf("listen -grpc-addr: %w", err)
+	}
+	httpLis, err := lc.Listen(ctx, "tcp", f.httpAddr)
+	if err != nil {
+		grpcLis.Close()
+		return fmt.Errorf("listen -http-addr: %w", err)
+	}
+
+	g := grpc.NewServer()
+	srv.Register(g)
+	hs := health.NewServer()
+	healthpb.RegisterHealthServer(g, hs)
+	reflection.Register(g)
+	h := &http.Server{Handler: srv.Handler(), ReadHeaderTimeout: 5 * time.Second}
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	errc := make(chan error, 2)
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		if err := g.Serve(grpcLis); err != nil {
+			errc <- fmt.Errorf("grpc: %w", err)
+		}
+	})
+	wg.Go(func() {
+		if err := h.Serve(httpLis); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			errc <- fmt.Errorf("http: %w", err)
+		}
+	})
+	wg.Go(func() { watchConfig(ctx, f.configDir, srv, log) })
+	wg.Go(func() { trackHealth(ctx, srv, hs) })
+	log.Info("serving", zap.String("grpc", grpcLis.Addr().String()), zap.String("http", httpLis.Addr().String()))
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+		log.Info("shutting down")
+	case runErr = <-errc:
+	}
+	cancel()
+	hs.Shutdown()
+	stopped := make(chan struct{})
+	go func() {
+		g.GracefulStop()
+		close(stopped)
+	}()
+	shutdownCtx, cancelShutdown := context.WithTimeout(context.Background(), f.shutdownTimeout)
+	defer cancelShutdown()
+	select {
+	case <-stopped:
+	case <-shutdownCtx.Done():
+		g.Stop()
+		<-stopped
+	}
+	if err := h.Shutdown(shutdownCtx); err != nil {
+		h.Close()
+	}
+	wg.Wait()
+	return runErr
+}
+
+// openStore connects the store named by the flags: Redis when a URL is given, else the
+// in-memory store.
+func openStore(redisURL string, log *zap.Logger) (algorithms.Decider, server.Pinger, func(), error) {
+	if redisURL == "" {
+		log.Warn("no -redis-url: using the in-memory store; state is local to this process, so run a single replica only")
+		d := algorithms.NewMemory(storage.NewMemory(storage.MemoryOptions{}))
+		return d, d, func() {}, nil
+	}
+	client, err := storage.NewClient(redisURL)
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("-redis-url: %w", err)
+	}
+	d := algorithms.NewRedis(storage.NewRedis(client))
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if err := d.Ping(ctx); err != nil {
+		log.Warn("redis does not answer yet; not ready until it does", zap.Error(err))
+	}
+	return d, d, func() { _ = client.Close() }, nil
+}
+
+// watchConfig reloads the configuration when its directory changes, until ctx ends.
+func watchConfig(ctx context.Context, dir string, srv *server.Server, log *zap.Logger) {
+	err := config.Watch(ctx, config.WatchOptions{
+		Dir: dir,
+		OnLoad: func(set *config.Set) {
+			srv.SetRules(set)
+			srv.Reloaded()
+			log.Info("configuration reloaded", zap.Strings("domains", set.Domains()), zap.Int("rules", set.RuleCount()))
+		},
+		OnError: func(err error) {
+			srv.ReloadFailed()
+			log.Error("configuration reload failed; keeping the previous configuration", zap.Error(err))
+		},
+	})
+	if err != nil {
+		log.Error("configuration watch stopped; reloads are off", zap.Error(err))
+	}
+}
+
+// trackHealth keeps the gRPC health status in step with readiness until ctx ends.
+func trackHealth(ctx context.Context, srv *server.Server, hs *health.Server) {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		st := healthpb.HealthCheckResponse_SERVING
+		if srv.Ready(ctx) != nil {
+			st = healthpb.HealthCheckResponse_NOT_SERVING
+		}
+		hs.SetServingStatus("", st)
+		hs.SetServingStatus("envoy.service.ratelimit.v3.RateLimitService", st)
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}

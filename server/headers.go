@@ -1,0 +1,155 @@
+package server
+
+import (
+	"strconv"
+	"strings"
+	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	"google.golang.org/protobuf/types/known/structpb"
+)
+
+// responseHeaders builds the headers Envoy adds to the response to its client:
+//
+//   - RateLimit-Policy and RateLimit, one list member per limited descriptor, in the syntax of
+//     the IETF httpapi rate-limit headers draft: `"name";q=<quota>;w=<window s>` and
+//     `"name";r=<remaining>;t=<seconds until reset>`;
+//   - Retry-After, in whole seconds rounded up (at least 1), when the request is refused and
+//     could pass later; never when a descriptor's cost can never fit (grade never);
+//   - optionally X-RateLimit-Limit, -Remaining and -Reset of the most restrictive descriptor.
+func (s *Server) responseHeaders(verdicts []verdict, overall Grade) []*corev3.HeaderValue {
+	var policy, state strings.Builder
+	var retry time.Duration
+	tightest := -1
+	for i := range verdicts {
+		v := &verdicts[i]
+		if !v.limited() {
+			continue
+		}
+		if policy.Len() > 0 {
+			policy.WriteString(", ")
+			state.WriteString(", ")
+		}
+		name := policyName(v, i)
+		remaining := remainingOf(v)
+		policy.WriteString(name)
+		policy.WriteString(";q=")
+		policy.WriteString(strconv.FormatUint(uint64(v.limit.RequestsPerUnit), 10))
+		policy.WriteString(";w=")
+		policy.WriteString(strconv.FormatInt(ceilSeconds(v.limit.Window), 10))
+		state.WriteString(name)
+		state.WriteString(";r=")
+		state.WriteString(strconv.FormatInt(remaining, 10))
+		state.WriteString(";t=")
+		state.WriteString(strconv.FormatInt(ceilSeconds(v.result.ResetAfter), 10))
+		if v.grade.Refused() && !v.shadow && v.result.RetryAfter > retry {
+			retry = v.result.RetryAfter
+		}
+		if tightest < 0 || remaining < remainingOf(&verdicts[tightest]) {
+			tightest = i
+		}
+	}
+	hs := []*corev3.HeaderValue{
+		{Key: "RateLimit-Policy", Value: policy.String()},
+		{Key: "RateLimit", Value: state.String()},
+	}
+	if overall == GradeOverLimit {
+		hs = append(hs, &corev3.HeaderValue{Key: "Retry-After", Value: strconv.FormatInt(max(ceilSeconds(retry), 1), 10)})
+	}
+	if s.headers.XRateLimit && tightest >= 0 {
+		v := &verdicts[tightest]
+		hs = append(hs,
+			&corev3.HeaderValue{Key: "X-RateLimit-Limit", Value: strconv.FormatUint(uint64(v.limit.RequestsPerUnit), 10)},
+			&corev3.HeaderValue{Key: "X-RateLimit-Remaining", Value: strconv.FormatInt(remainingOf(v), 10)},
+			&corev3.HeaderValue{Key: "X-RateLimit-Reset", Value: strconv.FormatInt(ceilSeconds(v.result.ResetAfter), 10)},
+		)
+	}
+	return hs
+}
+
+// remainingOf is what a descriptor reports as remaining: nothing once it refused.
+func remainingOf(v *verdict) int64 {
+	if v.grade.Refused() {
+		return 0
+	}
+	return int64(clampUint32(v.result.Remaining))
+}
+
+// policyName is the quoted structured-field string naming a descriptor's policy: the rule's
+// name, else its descriptor path. Characters a structured-field string cannot hold become '_'.
+func policyName(v *verdict, i int) string {
+	name := v.limit.Name
+	if name == "" {
+		name = v.limit.Path
+	}
+	if name == "" {
+		name = "descriptor-" + strconv.Itoa(i)
+	}
+	var b strings.Builder
+	b.Grow(len(name) + 2)
+	b.WriteByte('"')
+	for i := 0; i < len(name); i++ {
+		switch c := name[i]; {
+		case c == '"' || c == '\\':
+			b.WriteByte('\\')
+			b.WriteByte(c)
+		case c < 0x20 || c > 0x7e:
+			b.WriteByte('_')
+		default:
+			b.WriteByte(c)
+		}
+	}
+	b.WriteByte('"')
+	return b.String()
+}
+
+// ceilSeconds rounds d up to whole seconds.
+func ceilSeconds(d time.Duration) int64 {
+	if d <= 0 {
+		return 0
+	}
+	return int64((d + time.Second - 1) / time.Second)
+}
+
+// metadata is the dynamic metadata of a response: the overall grade and one entry per request
+// descriptor, so Envoy access logs and routing can use them.
+func metadata(verdicts []verdict, overall Grade) *structpb.Struct {
+	list := make([]*structpb.Value, len(verdicts))
+	shadowed := false
+	for i := range verdicts {
+		v := &verdicts[i]
+		f := map[string]*structpb.Value{"grade": structpb.NewStringValue(v.grade.String())}
+		switch {
+		case v.limit == nil:
+			f["limited"] = structpb.NewBoolValue(false)
+		case v.limit.Unlimited:
+			f["limited"] = structpb.NewBoolValue(false)
+			f["unlimited"] = structpb.NewBoolValue(true)
+		default:
+			f["limited"] = structpb.NewBoolValue(true)
+			f["limit"] = structpb.NewNumberValue(float64(v.limit.RequestsPerUnit))
+			f["remaining"] = structpb.NewNumberValue(float64(remainingOf(v)))
+			f["reset_after_ms"] = structpb.NewNumberValue(float64(v.result.ResetAfter.Milliseconds()))
+			f["algorithm"] = structpb.NewStringValue(string(v.limit.Algorithm))
+			if v.grade.Refused() && v.grade != GradeNever {
+				f["retry_after_ms"] = structpb.NewNumberValue(float64(v.result.RetryAfter.Milliseconds()))
+			}
+			if v.limit.Name != "" {
+				f["name"] = structpb.NewStringValue(v.limit.Name)
+			}
+			if v.shadow {
+				f["shadow"] = structpb.NewBoolValue(true)
+				shadowed = true
+			}
+		}
+		list[i] = structpb.NewStructValue(&structpb.Struct{Fields: f})
+	}
+	top := map[string]*structpb.Value{
+		"grade":       structpb.NewStringValue(overall.String()),
+		"descriptors": structpb.NewListValue(&structpb.ListValue{Values: list}),
+	}
+	if shadowed {
+		top["shadow"] = structpb.NewBoolValue(true)
+	}
+	return &structpb.Struct{Fields: top}
+}

@@ -1,0 +1,277 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
+	"go.uber.org/zap"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/ratelimitd/ratelimitd/algorithms"
+	"github.com/ratelimitd/ratelimitd/config"
+)
+
+var errNoRules = errors.New("no configuration loaded yet")
+
+// verdict is the decision for one request descriptor.
+type verdict struct {
+	limit  *config.Limit // nil: nothing limits this descriptor
+	hits   int64
+	result algorithms.Result
+	grade  Grade
+	// shadow marks a refusal that shadow mode turned into an admission.
+	shadow bool
+}
+
+// limited reports whether the descriptor was counted by an algorithm.
+func (v *verdict) limited() bool { return v.limit != nil && !v.limit.Unlimited }
+
+// ShouldRateLimit decides one Envoy rate-limit request: every descriptor is matched, the
+// limited ones are charged in one batch, and a refusal by any of them refunds the others
+// (all-or-nothing), except for rules with count_rejected.
+func (s *Server) ShouldRateLimit(ctx context.Context, req *rlsv3.RateLimitRequest) (*rlsv3.RateLimitResponse, error) {
+	if err := validateRequest(req); err != nil {
+		s.metrics.invalid.Inc()
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	r := s.rules.Load()
+	if r == nil {
+		return nil, status.Error(codes.Unavailable, errNoRules.Error())
+	}
+	verdicts := s.match(r.set, req)
+	if err := s.run(ctx, req.GetDomain(), req, verdicts); err != nil {
+		return nil, err
+	}
+	resp, overall := s.respond(verdicts)
+	domain := "other"
+	if r.domains[req.GetDomain()] {
+		domain = req.GetDomain()
+	}
+	s.metrics.decisions.WithLabelValues(domain, overall.String()).Inc()
+	return resp, nil
+}
+
+// match finds the limit and the cost of every descriptor, applying request-side overrides and
+// the rules' replaces.
+func (s *Server) match(set *config.Set, req *rlsv3.RateLimitRequest) []verdict {
+	hits := int64(req.GetHitsAddend())
+	if hits == 0 {
+		hits = 1
+	}
+	verdicts := make([]verdict, len(req.GetDescriptors()))
+	replacing := false
+	for i, d := range req.GetDescriptors() {
+		v := &verdicts[i]
+		v.limit = config.Lookup(set, req.GetDomain(), d.GetEntries())
+		if o := d.GetLimit(); o != nil {
+			v.limit = overrideLimit(v.limit, o)
+		}
+		v.hits = hits
+		if h := d.GetHitsAddend(); h != nil {
+			v.hits = int64(h.GetValue())
+		}
+		if d.GetIsNegativeHits() {
+			v.hits = -v.hits
+		}
+		if v.limit != nil && len(v.limit.Replaces) > 0 {
+			replacing = true
+		}
+	}
+	if replacing {
+		replaced := make(map[string]bool)
+		for _, v := range verdicts {
+			if v.limit != nil {
+				for _, name := range v.limit.Replaces {
+					replaced[name] = true
+				}
+			}
+		}
+		for i := range verdicts {
+			if l := verdicts[i].limit; l != nil && l.Name != "" && replaced[l.Name] {
+				verdicts[i].limit = nil
+			}
+		}
+	}
+	return verdicts
+}
+
+// run charges every limited descriptor in one batch and grades the results. When a descriptor
+// refuses the request, what the others were charged is refunded in a second batch.
+func (s *Server) run(ctx context.Context, domain string, req *rlsv3.RateLimitRequest, verdicts []verdict) error {
+	calls := make([]algorithms.Request, 0, len(verdicts))
+	owners := make([]int, 0, len(verdicts))
+	for i := range verdicts {
+		v := &verdicts[i]
+		if !v.limited() {
+			continue
+		}
+		l := v.limit
+		calls = append(calls, algorithms.Request{
+			Algorithm:     algorithms.Name(l.Algorithm),
+			Key:           counterKey(s.prefix, domain, req.GetDescriptors()[i].GetEntries(), l),
+			Limit:         int64(l.RequestsPerUnit),
+			Window:        l.Window,
+			Burst:         int64(l.Burst),
+			Hits:          v.hits,
+			CountRejected: l.CountRejected,
+		})
+		owners = append(owners, i)
+	}
+	if len(calls) == 0 {
+		return nil
+	}
+	results, err := s.decide(ctx, "decide", calls)
+	if err != nil {
+		if ctxErr := ctx.Err(); ctxErr != nil {
+			return status.FromContextError(ctxErr).Err()
+		}
+		s.log.Warn("storage failed", zap.String("domain", domain), zap.Error(err))
+		return status.Error(codes.Unavailable, fmt.Sprintf("storage unavailable: %v", err))
+	}
+	refused := false
+	for k, i := range owners {
+		v := &verdicts[i]
+		v.result = results[k]
+		v.grade = gradeOf(v.limit, v.result)
+		if v.grade.Refused() {
+			if v.limit.ShadowMode {
+				v.shadow = true
+			} else {
+				refused = true
+			}
+		}
+	}
+	if refused {
+		s.refund(ctx, domain, calls, owners, verdicts)
+	}
+	return nil
+}
+
+// refund gives back what the admitted descriptors of a refused request were charged. A failed
+// refund is logged and counted; the request stays refused, so the error is on the safe side.
+func (s *Server) refund(ctx context.Context, domain string, calls []algorithms.Request, owners []int, verdicts []verdict) {
+	var back []algorithms.Request
+	var whose []int
+	for k, i := range owners {
+		v := &verdicts[i]
+		if !v.result.Allowed || v.hits <= 0 || v.limit.CountRejected {
+			continue
+		}
+		c := calls[k]
+		c.Hits = -v.hits
+		back = append(back, c)
+		whose = append(whose, i)
+	}
+	if len(back) == 0 {
+		return
+	}
+	results, err := s.decide(ctx, "refund", back)
+	if err != nil {
+		s.log.Warn("refund failed", zap.String("domain", domain), zap.Error(err))
+		return
+	}
+	for k, i := range whose {
+		v := &verdicts[i]
+		v.result.Remaining = results[k].Remaining
+		v.result.ResetAfter = results[k].ResetAfter
+		v.grade = gradeOf(v.limit, v.result)
+	}
+}
+
+// decide runs one batch on the store, bounded by the caller's deadline minus the margin (or by
+// the storage timeout when the caller has none).
+func (s *Server) decide(ctx context.Context, op string, calls []algorithms.Request) ([]algorithms.Result, error) {
+	timeout := s.storageTimeout
+	if deadline, ok := ctx.Deadline(); ok {
+		if left := time.Until(deadline) - s.margin; left < timeout {
+			timeout = max(left, time.Millisecond)
+		}
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	start := time.Now()
+	results, err := s.decider.Decide(ctx, calls)
+	s.metrics.storageSeconds.WithLabelValues(op).Observe(time.Since(start).Seconds())
+	if err != nil {
+		s.metrics.storageErrors.WithLabelValues(op).Inc()
+		return nil, err
+	}
+	if len(results) != len(calls) {
+		s.metrics.storageErrors.WithLabelValues(op).Inc()
+		return nil, fmt.Errorf("%d results for %d calls", len(results), len(calls))
+	}
+	return results, nil
+}
+
+// respond assembles Envoy's response and returns the request's overall grade.
+func (s *Server) respond(verdicts []verdict) (*rlsv3.RateLimitResponse, Grade) {
+	resp := &rlsv3.RateLimitResponse{
+		OverallCode: rlsv3.RateLimitResponse_OK,
+		Statuses:    make([]*rlsv3.RateLimitResponse_DescriptorStatus, len(verdicts)),
+	}
+	overall := GradeOK
+	limited := false
+	for i := range verdicts {
+		v := &verdicts[i]
+		st := &rlsv3.RateLimitResponse_DescriptorStatus{Code: rlsv3.RateLimitResponse_OK}
+		resp.Statuses[i] = st
+		switch {
+		case v.limit == nil:
+			continue
+		case v.limit.Unlimited:
+			st.LimitRemaining = math.MaxUint32
+			continue
+		}
+		limited = true
+		st.CurrentLimit = currentLimit(v.limit)
+		st.DurationUntilReset = durationpb.New(v.result.ResetAfter)
+		if !v.grade.Refused() {
+			st.LimitRemaining = clampUint32(v.result.Remaining)
+		}
+		if v.grade.Refused() && !v.shadow {
+			st.Code = rlsv3.RateLimitResponse_OVER_LIMIT
+			resp.OverallCode = rlsv3.RateLimitResponse_OVER_LIMIT
+		}
+		if !v.shadow && v.grade > overall {
+			overall = v.grade
+		}
+	}
+	if limited {
+		resp.ResponseHeadersToAdd = s.responseHeaders(verdicts, overall)
+		if overall == GradeNearLimit && s.headers.NearLimitName != "-" {
+			resp.RequestHeadersToAdd = []*corev3.HeaderValue{{Key: s.headers.NearLimitName, Value: s.headers.NearLimitValue}}
+		}
+		resp.DynamicMetadata = metadata(verdicts, overall)
+	}
+	return resp, overall
+}
+
+func currentLimit(l *config.Limit) *rlsv3.RateLimitResponse_RateLimit {
+	cl := &rlsv3.RateLimitResponse_RateLimit{
+		Name:            l.Name,
+		RequestsPerUnit: l.RequestsPerUnit,
+		Unit:            rlsv3.RateLimitResponse_RateLimit_Unit(l.Unit),
+	}
+	if l.UnitMultiplier > 1 {
+		cl.UnitMultiplier = wrapperspb.UInt32(l.UnitMultiplier)
+	}
+	return cl
+}
+
+func clampUint32(n int64) uint32 {
+	switch {
+	case n < 0:
+		return 0
+	case n > math.MaxUint32:
+		return math.MaxUint32
+	}
+	return uint32(n)
+}
