@@ -1,0 +1,127 @@
+package algorithms
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/alicebob/miniredis/v2"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/ratelimitd/ratelimitd/storage"
+	"github.com/ratelimitd/ratelimitd/test/redisserver"
+)
+
+// epoch is the tables' time zero: a multiple of one day, so every window the tables use is
+// aligned to it.
+var epoch = time.Unix(1_700_006_400, 0)
+
+// clockStmt is the first statement of every script; the real-Redis backend replaces it.
+const clockStmt = "local t = redis.call('TIME')"
+
+// backend decides one request at a given time.
+type backend interface {
+	decide(t *testing.T, at time.Time, req Request) Result
+}
+
+// backendMaker builds a fresh backend, with no state, for one test.
+type backendMaker struct {
+	name string
+	make func(t *testing.T) backend
+}
+
+func backends() []backendMaker {
+	return []backendMaker{
+		{"miniredis", newMiniBackend},
+		{"redis-server", newRealBackend},
+		{"memory", newMemoryBackend},
+	}
+}
+
+// miniBackend runs the scripts on miniredis, whose TIME honours SetTime.
+type miniBackend struct {
+	mr *miniredis.Miniredis
+	d  *RedisDecider
+}
+
+func newMiniBackend(t *testing.T) backend {
+	mr := miniredis.RunT(t)
+	c := redis.NewClient(&redis.Options{Addr: mr.Addr()})
+	t.Cleanup(func() { _ = c.Close() })
+	return &miniBackend{mr: mr, d: NewRedis(storage.NewRedis(c))}
+}
+
+func (b *miniBackend) decide(t *testing.T, at time.Time, req Request) Result {
+	t.Helper()
+	b.mr.SetTime(at)
+	return decideOne(t, b.d, req)
+}
+
+// realBackend runs the scripts on a real redis-server. Its clock cannot be set, so each
+// decision runs a copy of the script whose clock statement is replaced by the step's time.
+type realBackend struct {
+	store *storage.Redis
+}
+
+func newRealBackend(t *testing.T) backend {
+	srv := redisserver.Start(t)
+	c := redis.NewClient(&redis.Options{Addr: srv.Addr})
+	t.Cleanup(func() { _ = c.Close() })
+	return &realBackend{store: storage.NewRedis(c)}
+}
+
+func (b *realBackend) decide(t *testing.T, at time.Time, req Request) Result {
+	t.Helper()
+	return decideOne(t, clockedDecider(t, b.store, req.Algorithm, at), req)
+}
+
+// clockedDecider returns a RedisDecider whose script for algorithm n reads the clock at.
+func clockedDecider(t *testing.T, store *storage.Redis, n Name, at time.Time) *RedisDecider {
+	t.Helper()
+	a, ok := lookup(n)
+	if !ok {
+		t.Fatalf("unknown algorithm %q", n)
+	}
+	src := a.script.Source()
+	if !strings.HasPrefix(src, clockStmt+"\n") || strings.Count(src, clockStmt) != 1 {
+		t.Fatalf("%s: the script must start with %q, exactly once", n, clockStmt)
+	}
+	clock := fmt.Sprintf(`local t = {"%d","%d"}`, at.Unix(), at.Nanosecond()/1000)
+	d := NewRedis(store)
+	d.scripts[a.id] = storage.NewScript(strings.Replace(src, clockStmt, clock, 1))
+	return d
+}
+
+// memoryBackend runs the Go twins on a memory store with a settable clock.
+type memoryBackend struct {
+	now time.Time
+	m   *storage.Memory
+	d   *MemoryDecider
+}
+
+func newMemoryBackend(*testing.T) backend {
+	b := &memoryBackend{}
+	b.m = storage.NewMemory(storage.MemoryOptions{Now: func() time.Time { return b.now }})
+	b.d = NewMemory(b.m)
+	return b
+}
+
+func (b *memoryBackend) decide(t *testing.T, at time.Time, req Request) Result {
+	t.Helper()
+	b.now = at
+	return decideOne(t, b.d, req)
+}
+
+func decideOne(t *testing.T, d Decider, req Request) Result {
+	t.Helper()
+	res, err := d.Decide(context.Background(), []Request{req})
+	if err != nil {
+		t.Fatalf("decide %+v: %v", req, err)
+	}
+	if len(res) != 1 {
+		t.Fatalf("decide: got %d results, want 1", len(res))
+	}
+	return res[0]
+}
