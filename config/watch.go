@@ -33,7 +33,9 @@ type WatchOptions struct {
 // Kubernetes ConfigMap swaps, where the ..data symlink is atomically replaced to point at a new
 // timestamped directory and the *.yaml files are symlinks through ..data. Changes are
 // debounced: Watch reloads the whole directory once opts.Debounce has passed without another
-// change, then calls OnLoad with the new Set or OnError with the problems. It does not load
+// change, then calls OnLoad with the new Set or OnError with the problems. A failure is
+// reported once: reloads that fail with the same problems again call nothing until the
+// directory loads or the problems change. It does not load
 // the directory when it starts (the caller loads it first) nor without a change. OnLoad and
 // OnError are called from Watch's goroutine, one at a time, and must not block for long.
 // The directory itself must stay in place: removing it ends the reloads.
@@ -73,6 +75,7 @@ func watch(ctx context.Context, opts WatchOptions, ready func()) error {
 		ready()
 	}
 
+	lastFailure := ""
 	timer := time.NewTimer(debounce)
 	timer.Stop()
 	defer timer.Stop()
@@ -97,10 +100,13 @@ func watch(ctx context.Context, opts WatchOptions, ready func()) error {
 			if ctx.Err() != nil {
 				return nil
 			}
-			if err != nil {
-				onError(err)
-			} else {
+			switch {
+			case err == nil:
+				lastFailure = ""
 				onLoad(set)
+			case err.Error() != lastFailure:
+				lastFailure = err.Error()
+				onError(err)
 			}
 		}
 	}

@@ -179,6 +179,33 @@ func TestWatchBadThenGoodWrite(t *testing.T) {
 	w.waitLoad(t, "a=5")
 }
 
+// TestWatchReportsAFailureOnce: touching a broken directory again reports nothing new; a
+// different problem is reported, and so is the same problem after a good load.
+func TestWatchReportsAFailureOnce(t *testing.T) {
+	verifyNoLeaks(t)
+	dir := t.TempDir()
+	path := filepath.Join(dir, "a.yaml")
+	writeFile(t, path, config("a", 1))
+	w := startWatch(t, dir)
+
+	bad := "domain: a\ndescriptors:\n  - key: k\n    rate_limit: {unit: fortnight}\n"
+	writeFile(t, path, bad)
+	w.waitErr(t, "fortnight")
+	writeFile(t, path, bad)
+	writeFile(t, filepath.Join(dir, "notes.txt"), "not yaml, but an event")
+	time.Sleep(5 * 20 * time.Millisecond) // several debounce periods: the reload of the repeat runs alone
+	// A different problem afterwards proves the reloads above ran without reporting.
+	writeFile(t, path, "domain: a\ndescriptors:\n  - key: k\n    rate_limit: {unit: aeon}\n")
+	w.waitErr(t, "aeon")
+	if n := len(w.errs); n != 0 {
+		t.Errorf("%d more failures reported, want the repeated one reported once", n)
+	}
+	writeFile(t, path, config("a", 2))
+	w.waitLoad(t, "a=2")
+	writeFile(t, path, bad)
+	w.waitErr(t, "fortnight")
+}
+
 func TestWatchConfigMapSwap(t *testing.T) {
 	verifyNoLeaks(t)
 	dir := t.TempDir()

@@ -445,9 +445,16 @@ func TestReload(t *testing.T) {
 			time.Sleep(50 * time.Millisecond)
 		}
 		waitLimit(t, s, "reload", 7)
-		if !strings.Contains(s.logs.String(), "fortnight") {
-			t.Errorf("the log does not explain the failed reload")
+		if n := strings.Count(s.logs.String(), "fortnight"); n != 1 {
+			t.Errorf("the failed reload was logged %d times, want once with its cause", n)
 		}
+		if n := reloadCount(t, s, "error"); n != failed+1 {
+			t.Errorf("failed reloads counted %d, want %d", n, failed+1)
+		}
+
+		// Fixed again, the file loads.
+		writeFile(t, file, limitConfig("reload", 8))
+		waitLimit(t, s, "reload", 8)
 
 		// A new file with a new domain is picked up.
 		writeFile(t, filepath.Join(dir, "more.yml"), limitConfig("second", 3))

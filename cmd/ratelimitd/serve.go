@@ -103,6 +103,7 @@ func newLogger(level string) (*zap.Logger, error) {
 	}
 	cfg := zap.NewProductionConfig()
 	cfg.Level = zap.NewAtomicLevelAt(lvl)
+	cfg.DisableStacktrace = true
 	return cfg.Build()
 }
 
