@@ -20,10 +20,6 @@ const (
 	MaxStringBytes = 4 << 10
 )
 
-// maxWindow bounds the window of a request-side override, far beyond any useful limit and far
-// below time.Duration's range.
-const maxWindow = 100 * 365 * 24 * time.Hour
-
 // validateRequest checks everything ShouldRateLimit relies on, so that the decision path never
 // meets a request it cannot handle. The error names the offending field.
 func validateRequest(req *rlsv3.RateLimitRequest) error {
@@ -76,8 +72,8 @@ func validateDescriptor(d *ratelimitv3.RateLimitDescriptor) error {
 			switch unit := overrideUnit(o.GetUnit()).Duration(); {
 			case m.GetValue() == 0:
 				return fmt.Errorf("limit.unit_multiplier: must be at least 1")
-			case time.Duration(m.GetValue()) > maxWindow/unit:
-				return fmt.Errorf("limit.unit_multiplier: a window of %d %s is longer than %v", m.GetValue(), o.GetUnit(), maxWindow)
+			case time.Duration(m.GetValue()) > config.MaxWindow/unit:
+				return fmt.Errorf("limit.unit_multiplier: a window of %d %s is longer than %v", m.GetValue(), o.GetUnit(), config.MaxWindow)
 			}
 		}
 	}

@@ -41,8 +41,12 @@ func TestValidateRequest(t *testing.T) {
 		}, "descriptors[0].entries"},
 		{"nil descriptor", func(r *rlsv3.RateLimitRequest) { r.Descriptors = append(r.Descriptors, nil) }, "descriptors[1].entries"},
 		{"empty key", func(r *rlsv3.RateLimitRequest) { r.Descriptors[0].Entries[0].Key = "" }, "descriptors[0].entries[0].key"},
-		{"long key", func(r *rlsv3.RateLimitRequest) { r.Descriptors[0].Entries[0].Key = strings.Repeat("k", MaxStringBytes+1) }, "descriptors[0].entries[0].key"},
-		{"long value", func(r *rlsv3.RateLimitRequest) { r.Descriptors[0].Entries[0].Value = strings.Repeat("v", MaxStringBytes+1) }, "descriptors[0].entries[0].value"},
+		{"long key", func(r *rlsv3.RateLimitRequest) {
+			r.Descriptors[0].Entries[0].Key = strings.Repeat("k", MaxStringBytes+1)
+		}, "descriptors[0].entries[0].key"},
+		{"long value", func(r *rlsv3.RateLimitRequest) {
+			r.Descriptors[0].Entries[0].Value = strings.Repeat("v", MaxStringBytes+1)
+		}, "descriptors[0].entries[0].value"},
 		{"huge hits", func(r *rlsv3.RateLimitRequest) { r.Descriptors[0].HitsAddend = wrapperspb.UInt64(1 << 40) }, "descriptors[0].hits_addend"},
 		{"override unit unknown", func(r *rlsv3.RateLimitRequest) {
 			r.Descriptors[0].Limit = &ratelimitv3.RateLimitDescriptor_RateLimitOverride{RequestsPerUnit: 1}
