@@ -75,7 +75,7 @@ descriptors:
     rate_limit: {unlimited: true}
 `
 
-func newHarness(t *testing.T, opts Options) *harness {
+func newHarness(t testing.TB, opts Options) *harness {
 	t.Helper()
 	dir := t.TempDir()
 	if err := os.WriteFile(filepath.Join(dir, "d.yaml"), []byte(testConfig), 0o644); err != nil {

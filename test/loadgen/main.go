@@ -14,12 +14,15 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"net"
 	"os"
+	"os/signal"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	ratelimitv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/common/ratelimit/v3"
@@ -54,7 +57,15 @@ func main() {
 	pid := flag.Int("pid", 0, "server pid whose CPU time to measure (0: none)")
 	label := flag.String("label", "", "label printed with the figures")
 	asJSON := flag.Bool("json", false, "print one JSON line instead of text")
+	fixed := flag.String("serve-fixed", "", "instead of generating load, serve a baseline on this address: a gRPC server answering every ShouldRateLimit with a fixed OK, until SIGINT/SIGTERM")
 	flag.Parse()
+	if *fixed != "" {
+		if err := serveFixed(*fixed); err != nil {
+			fmt.Fprintln(os.Stderr, "loadgen:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if *dur > 10*time.Minute || *dur <= 0 || *conc <= 0 || *ndesc <= 0 || *nvalues <= 0 {
 		fmt.Fprintln(os.Stderr, "loadgen: -duration must be in (0, 10m]; -concurrency, -descriptors, -values positive")
 		os.Exit(2)
@@ -150,6 +161,37 @@ func run(addr, domain string, keys []string, ndesc, nvalues, conc int, dur time.
 		r.ServerCPUus = (cpu1 - cpu0) / float64(r.Decisions) * 1e6
 	}
 	return r, nil
+}
+
+// fixedServer answers every request with the same OK response: the transport's floor.
+type fixedServer struct {
+	rlsv3.UnimplementedRateLimitServiceServer
+	resp *rlsv3.RateLimitResponse
+}
+
+func (f *fixedServer) ShouldRateLimit(context.Context, *rlsv3.RateLimitRequest) (*rlsv3.RateLimitResponse, error) {
+	return f.resp, nil
+}
+
+// serveFixed serves the fixed-response baseline on addr until SIGINT or SIGTERM.
+func serveFixed(addr string) error {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	var lc net.ListenConfig
+	lis, err := lc.Listen(ctx, "tcp", addr)
+	if err != nil {
+		return err
+	}
+	g := grpc.NewServer()
+	rlsv3.RegisterRateLimitServiceServer(g, &fixedServer{resp: &rlsv3.RateLimitResponse{
+		OverallCode: rlsv3.RateLimitResponse_OK,
+		Statuses:    []*rlsv3.RateLimitResponse_DescriptorStatus{{Code: rlsv3.RateLimitResponse_OK}},
+	}})
+	go func() {
+		<-ctx.Done()
+		g.GracefulStop()
+	}()
+	return g.Serve(lis)
 }
 
 // build makes the seq-th request: ndesc descriptors cycling through keys, values spread over
