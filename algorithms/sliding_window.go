@@ -48,23 +48,34 @@ func slidingWindowTwin(nowUs int64, state []int64, p params) (reply, []int64, ti
 	maxCount := floorDiv(maxProduct, w)
 	idx := floorDiv(now, w)
 	e := now - idx*w
-	var cur, prev int64
-	if len(state) == 3 {
+	cur, fc, cm, prev, fp := int64(0), int64(0), maxCount, int64(0), int64(0)
+	if len(state) == 6 {
 		switch state[0] {
 		case idx:
-			cur, prev = state[1], state[2]
+			cur, fc, cm, prev, fp = state[1], state[2], state[3], state[4], state[5]
 		case idx - 1:
-			prev = state[1]
+			prev, fp = state[1], state[2]
 		}
 	}
+	fc = min(max(fc, 0), w-1)
+	fp = min(max(fp, 0), w-1)
+	weighted := func(n, x int64) int64 { return ceilDiv(n*(w-max(x, fp)), w-fp) }
+	// capAt is the cap the hits before offset x (all cur of them) put on the final count.
+	capAt := func(x int64) int64 { return floorDiv((cur+1)*(w-fc)-1, x-fc) }
 
+	if cur > 0 && e > fc {
+		cm = min(cm, capAt(e))
+	}
 	nc, np := cur+p.hits, prev
 	if nc < 0 {
 		np = max(0, prev+nc)
 		nc = 0
 	}
-	allowed := ceilDiv(np*(w-e), w)+nc <= p.limit
+	allowed := weighted(np, e)+nc <= p.limit && !(p.hits > 0 && cur > 0 && nc > cm)
 	if allowed || p.hits <= 0 || p.countRejected == 1 {
+		if cur == 0 && nc > 0 {
+			fc, cm = e, maxCount
+		}
 		cur = min(nc, maxCount)
 		prev = np
 	}
@@ -73,16 +84,24 @@ func slidingWindowTwin(nowUs int64, state []int64, p params) (reply, []int64, ti
 	if !allowed && p.hits <= p.limit {
 		h := max(p.hits, 0)
 		r := p.limit - cur - h
-		var f int64
-		if r >= 0 && prev > 0 {
-			f = floorDiv(r*w, prev)
+		x := w
+		if r >= 0 {
+			// Later in this window, once the previous count has decayed to r, if the cap allows.
+			x = e
+			if prev > r {
+				x = max(e, w-floorDiv(r*(w-fp), prev))
+			}
+			if h > 0 && cur > 0 && (cur+h > cm || (x > fc && cur+h > capAt(x))) {
+				x = w
+			}
 		}
-		if f > 0 {
-			retry = w - f - e
+		if x < w {
+			retry = x - e
 		} else {
+			// In the next window, where cur becomes the previous count, spread from fc.
 			var e2 int64
-			if cur > 0 {
-				e2 = max(0, w-floorDiv((p.limit-h)*w, cur))
+			if cur > p.limit-h {
+				e2 = w - floorDiv((p.limit-h)*(w-fc), cur)
 			}
 			retry = w - e + e2
 		}
@@ -95,12 +114,18 @@ func slidingWindowTwin(nowUs int64, state []int64, p params) (reply, []int64, ti
 	case prev > 0:
 		reset = w - e
 	}
-	remaining := max(p.limit-cur-ceilDiv(prev*(w-e), w), 0)
-	r := reply{boolInt(allowed), remaining, p.limit, reset, retry}
+	if cur == 0 {
+		fc, cm = 0, 0
+	}
+	remaining := p.limit - cur - weighted(prev, e)
+	if cur > 0 {
+		remaining = min(remaining, cm-cur)
+	}
+	r := reply{boolInt(allowed), max(remaining, 0), p.limit, reset, retry}
 	if reset == 0 {
 		return r, nil, 0
 	}
-	next := stateOf(state, 3)
-	next[0], next[1], next[2] = idx, cur, prev
+	next := stateOf(state, 6)
+	next[0], next[1], next[2], next[3], next[4], next[5] = idx, cur, fc, cm, prev, fp
 	return r, next, time.Duration(2*w) * time.Millisecond
 }

@@ -115,43 +115,49 @@ func TestFixedWindow(t *testing.T) {
 
 func TestSlidingWindow(t *testing.T) {
 	runTable(t, table{algorithm: SlidingWindow, limit: 10, window: time.Second, steps: []step{
-		{at: 0, hits: 4, want: ok(6, 10, 2000*ms)},
-		{at: 500 * ms, hits: 6, want: ok(0, 10, 1500*ms)},
-		// Full: the earliest pass is 100ms into the next window, when 10 * 900/1000 + 1 <= 10.
-		{at: 600 * ms, hits: 1, want: refused(0, 10, 1400*ms, 500*ms)},
-		{at: 1099 * ms, hits: 1, want: refused(0, 10, 901*ms, 1*ms)},
-		{at: 1100 * ms, hits: 1, want: ok(0, 10, 1900*ms)},
-		{at: 1100 * ms, hits: 0, want: ok(0, 10, 1900*ms)},
-		// ceil(10 * 650/1000) = 7; 7 + 1 + 2 = 10.
-		{at: 1350*ms + 500*µs, hits: 2, want: ok(0, 10, 1650*ms)},
-		{at: 1400 * ms, hits: 1, want: ok(0, 10, 1600*ms)},
-		// ceil(10 * 599/1000) = 6; 6 + 4 + 1 > 10; at 1500ms 5 + 4 + 1 = 10.
-		{at: 1401 * ms, hits: 1, want: refused(0, 10, 1599*ms, 99*ms)},
-		{at: 1500 * ms, hits: -3, want: ok(4, 10, 1500*ms)},
-		// The refund empties the current count, then takes 4 from the previous one.
-		{at: 1500 * ms, hits: -5, want: ok(7, 10, 500*ms)},
-		{at: 1500 * ms, hits: -100, want: ok(10, 10, 0)},
-		{at: 1600 * ms, hits: 11, want: never(10, 10, 0)},
-		{at: 1600 * ms, hits: 11, countRejected: true, want: never(0, 10, 1400*ms)}, // cur 11
-		// 11 > 10 until ceil(11 * (1000 - e)/1000) <= 10, at e = 91 of the next window.
-		{at: 1700 * ms, hits: 0, want: refused(0, 10, 1300*ms, 391*ms)},
-		{at: 2090 * ms, hits: 0, want: refused(0, 10, 910*ms, 1*ms)},
-		{at: 2091 * ms, hits: 0, want: ok(0, 10, 909*ms)},
-		// Charged although refused: ceil(11 * 727/1000) + 1 + 1 = 10 at e = 273.
-		{at: 2091 * ms, hits: 1, countRejected: true, want: refused(0, 10, 1909*ms, 182*ms)},
-		{at: 2273 * ms, hits: 1, want: ok(0, 10, 1727*ms)},
-		{at: 5000 * ms, hits: 10, want: ok(0, 10, 2000*ms)}, // stale windows read as empty
-		{at: 6999 * ms, hits: 1, want: ok(8, 10, 1001*ms)},  // ceil(10 * 1/1000) + 1
-		// prev 1: ceil(1 * 500/1000) + 10 > 10 until the next window.
-		{at: 7500 * ms, hits: 10, want: refused(9, 10, 500*ms, 500*ms)},
-		{at: 7999 * ms, hits: 10, want: refused(9, 10, 1*ms, 1*ms)},
-		{at: 8000 * ms, hits: 10, want: ok(0, 10, 2000*ms)},
-		{at: 8100 * ms, hits: 1, want: refused(0, 10, 1900*ms, 1000*ms)},
-		// A full limit waits for the whole previous window to slide out.
-		{at: 8200 * ms, hits: 10, want: refused(0, 10, 1800*ms, 1800*ms)},
-		{at: 9999 * ms, hits: 10, want: refused(9, 10, 1*ms, 1*ms)},
-		{at: 10000 * ms, hits: 10, want: ok(0, 10, 2000*ms)},
+		// The first hit of window 0 is at 600ms: its count is spread over [600ms, 1000ms).
+		{at: 600 * ms, hits: 4, want: ok(6, 10, 1400*ms)},
+		// The cap at 800ms: 4 hits before it allow at most floor((5*400-1)/200) = 9 in all.
+		{at: 800 * ms, hits: 3, want: ok(2, 10, 1200*ms)},
+		// 10 > 9: refused by the cap until the next window, where ceil(7*400/400) + 3 = 10.
+		{at: 900 * ms, hits: 3, want: refused(2, 10, 1100*ms, 100*ms)},
+		{at: 999 * ms, hits: 3, want: refused(1, 10, 1001*ms, 1*ms)}, // the cap is now 8
+		{at: 1000 * ms, hits: 3, want: ok(0, 10, 2000*ms)},
+		// Before 1600ms all 7 previous hits count (an even spread from 0 would count 5):
+		// 7 + 3 + 1 > 10 until ceil(7 * (1000 - e)/400) <= 6, at e = 658.
+		{at: 1300 * ms, hits: 1, want: refused(0, 10, 1700*ms, 358*ms)},
+		{at: 1657 * ms, hits: 1, want: refused(0, 10, 1343*ms, 1*ms)},
+		{at: 1658 * ms, hits: 1, want: ok(0, 10, 1342*ms)}, // the cap at 658: floor(3999/658) = 6
+		// ceil(7*10/400) + 4 + 2 = 7, but the cap at 990 is floor(4999/990) = 5.
+		{at: 1990 * ms, hits: 2, want: refused(1, 10, 1010*ms, 10*ms)},
+		{at: 1990 * ms, hits: 1, want: ok(0, 10, 1010*ms)},
+		// The first hit of window 1 was at 0: its 5 hits are spread over the whole window.
+		{at: 2000 * ms, hits: 10, want: refused(5, 10, 1000*ms, 1000*ms)},
+		{at: 2999 * ms, hits: 10, want: refused(9, 10, 1*ms, 1*ms)}, // ceil(5 * 1/1000) + 10
+		{at: 3000 * ms, hits: 10, want: ok(0, 10, 2000*ms)},
+		{at: 3500 * ms, hits: -3, want: ok(3, 10, 1500*ms)},
+		// The refund empties the current count, then takes 2 from the previous one.
+		{at: 4200 * ms, hits: -2, want: ok(6, 10, 800*ms)},
+		{at: 4200 * ms, hits: -100, want: ok(10, 10, 0)},
+		{at: 4300 * ms, hits: 11, want: never(10, 10, 0)},
+		{at: 4300 * ms, hits: 11, countRejected: true, want: never(0, 10, 1700*ms)}, // cur 11 from 300ms
+		// 11 > 10 until ceil(11 * (1000 - e)/700) <= 10, at e = 364 of the next window.
+		{at: 4400 * ms, hits: 0, want: refused(0, 10, 1600*ms, 964*ms)},
+		{at: 5363 * ms, hits: 0, want: refused(0, 10, 637*ms, 1*ms)},
+		{at: 5364 * ms, hits: 0, want: ok(0, 10, 636*ms)},
+		// Charged although refused (cur 1 from 364ms): ceil(11 * 509/700) + 1 + 1 = 10 at e = 491.
+		{at: 5364 * ms, hits: 1, countRejected: true, want: refused(0, 10, 1636*ms, 127*ms)},
+		{at: 5490 * ms, hits: 1, want: refused(0, 10, 1510*ms, 1*ms)},
+		{at: 5491 * ms, hits: 1, want: ok(0, 10, 1509*ms)},
+		{at: 9000 * ms, hits: 1, want: ok(9, 10, 2000*ms)}, // stale windows read as empty
 		{at: 10000 * ms, hits: 1, limit: 3, window: time.Minute, key: "{t}m", want: ok(2, 3, 120*time.Second-10*time.Second)},
+		// A stream that starts late in a window: all 10 hits count until 900ms of the next
+		// window (an even spread from 0 would count 9 at 100ms and admit an 11th hit within
+		// one second); then ceil(10 * (1000 - e)/100) + 1 <= 10 at e = 910.
+		{at: 10900 * ms, hits: 10, limit: 10, window: time.Second, key: "{t}tail", want: ok(0, 10, 1100*ms)},
+		{at: 11100 * ms, hits: 1, key: "{t}tail", want: refused(0, 10, 900*ms, 810*ms)},
+		{at: 11909 * ms, hits: 1, key: "{t}tail", want: refused(0, 10, 91*ms, 1*ms)},
+		{at: 11910 * ms, hits: 1, key: "{t}tail", want: ok(0, 10, 1090*ms)},
 	}})
 }
 

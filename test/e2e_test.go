@@ -461,6 +461,49 @@ func TestReload(t *testing.T) {
 		waitLimit(t, s, "second", 3)
 	})
 
+	t.Run("under load", func(t *testing.T) {
+		// Requests in flight while the rules are swapped 20 times: none fails, and each sees
+		// either the old or the new limit.
+		dir := t.TempDir()
+		file := filepath.Join(dir, "limits.yaml")
+		writeFile(t, file, limitConfig("load", 1000))
+		s := startService(t, serviceOptions{configDir: dir})
+		ctx, cancel := context.WithCancel(context.Background())
+		type outcome struct {
+			calls, failures int
+			bad             []uint32
+		}
+		done := make(chan outcome)
+		go func() {
+			var o outcome
+			for ctx.Err() == nil {
+				resp, err := s.call(request("load", desc("k", strconv.Itoa(o.calls))))
+				o.calls++
+				if err != nil {
+					o.failures++
+					continue
+				}
+				if l := resp.GetStatuses()[0].GetCurrentLimit().GetRequestsPerUnit(); l != 1000 && l != 2000 {
+					o.bad = append(o.bad, l)
+				}
+			}
+			done <- o
+		}()
+		for i := 0; i < 20; i++ {
+			writeFile(t, file, limitConfig("load", 1000*(1+i%2)))
+			time.Sleep(150 * time.Millisecond) // past the 100ms debounce, so each write reloads
+		}
+		cancel()
+		o := <-done
+		if o.failures != 0 || len(o.bad) != 0 {
+			t.Errorf("%d of %d calls failed during reloads, %d saw a limit other than 1000 or 2000 (%v)", o.failures, o.calls, len(o.bad), o.bad)
+		}
+		if n := reloadCount(t, s, "ok"); n < 10 {
+			t.Errorf("%d reloads counted, want most of the 20 writes to reload", n)
+		}
+		t.Logf("%d calls across %d reloads, none failed", o.calls, reloadCount(t, s, "ok"))
+	})
+
 	t.Run("symlink swap", func(t *testing.T) {
 		dir := t.TempDir()
 		// The layout of a Kubernetes ConfigMap volume: files link through ..data to a
