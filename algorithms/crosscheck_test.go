@@ -23,15 +23,19 @@ func TestTwinsAgree(t *testing.T) {
 		limit     int64
 		window    time.Duration
 		burst     int64
+		gap       time.Duration // the largest gap between steps; window / 2 when zero
 	}{
-		{FixedWindow, 5, time.Second, 0},
-		{FixedWindow, 1, 250 * time.Millisecond, 0},
-		{SlidingWindow, 7, time.Second, 0},
-		{SlidingWindow, 100, 3 * time.Second, 0},
-		{SlidingWindow, 3, 997 * time.Millisecond, 0},
-		{TokenBucket, 10, time.Second, 4},
-		{TokenBucket, 7, 3 * time.Second, 0},
-		{TokenBucket, 1000, time.Second, 50},
+		{FixedWindow, 5, time.Second, 0, 0},
+		{FixedWindow, 1, 250 * time.Millisecond, 0, 0},
+		{SlidingWindow, 7, time.Second, 0, 0},
+		{SlidingWindow, 100, 3 * time.Second, 0, 0},
+		{SlidingWindow, 3, 997 * time.Millisecond, 0, 0},
+		// Many decisions per window: first hits mid-window, caps that bind, retry-afters.
+		{SlidingWindow, 12, time.Second, 0, 90 * time.Millisecond},
+		{SlidingWindow, 2, 60 * time.Millisecond, 0, 7 * time.Millisecond},
+		{TokenBucket, 10, time.Second, 4, 0},
+		{TokenBucket, 7, 3 * time.Second, 0, 0},
+		{TokenBucket, 1000, time.Second, 50, 0},
 	}
 	for ci, c := range configs {
 		t.Run(string(c.algorithm), func(t *testing.T) {
@@ -47,8 +51,12 @@ func TestTwinsAgree(t *testing.T) {
 			if c.algorithm == TokenBucket && c.burst > 0 {
 				capacity = c.burst
 			}
+			gap := c.gap
+			if gap == 0 {
+				gap = c.window / 2
+			}
 			for i := range 300 {
-				at += time.Duration(rng.Int64N(int64(c.window / 2)))
+				at += time.Duration(rng.Int64N(int64(gap)))
 				req := Request{
 					Algorithm: c.algorithm, Key: []string{"{r}a", "{r}b"}[rng.IntN(2)],
 					Limit: c.limit, Window: c.window, Burst: c.burst,
@@ -239,6 +247,19 @@ func TestMalformedScriptReply(t *testing.T) {
 	_, err := d.Decide(context.Background(), []Request{{Algorithm: FixedWindow, Key: "k", Limit: 1, Window: time.Second, Hits: 1}})
 	if !errors.Is(err, errMalformed) {
 		t.Errorf("got %v, want a malformed reply error", err)
+	}
+}
+
+func TestCheck(t *testing.T) {
+	good := Request{Algorithm: SlidingWindow, Key: "k", Limit: 10, Window: time.Second, Hits: 1}
+	if err := Check(&good); err != nil {
+		t.Errorf("Check(%+v): got %v, want nil", good, err)
+	}
+	bad := good
+	bad.Limit = 1 << 30
+	bad.Window = 1 << 30 * ms
+	if err := Check(&bad); err == nil || !strings.Contains(err.Error(), "too large") {
+		t.Errorf("Check(%+v): got %v, want an error containing %q", bad, err, "too large")
 	}
 }
 

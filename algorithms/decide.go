@@ -10,7 +10,9 @@ import (
 )
 
 // Bounds that keep every intermediate value of the scripts below 2^53, where a Lua number (a
-// float64) is still an exact integer, so that the scripts and their Go twins agree exactly.
+// float64) is still an exact integer, so that the scripts and their Go twins agree exactly
+// (a quotient a/b of such integers also floors and ceils exactly: a non-integer quotient is at
+// least 1/b from an integer, more than half its float64 spacing).
 const (
 	maxWindow  = 1 << 36 * time.Millisecond // about 2.2 years
 	maxCount   = 1 << 40                    // bound on Limit, Burst and |Hits|
@@ -63,6 +65,16 @@ func lookup(n Name) (*algorithm, bool) {
 		return &tokenBucket, true
 	}
 	return nil, false
+}
+
+// Check reports whether r is within the ranges the algorithms decide exactly: a known
+// algorithm, a window of 1ms to about 2.2 years, counts of at most 2^40, and the per-algorithm
+// bounds on their products (see each algorithm). Deciders return the same error for such a
+// request, as a failed decision; callers can check first to refuse an out-of-range limit as
+// bad input instead of a storage error.
+func Check(r *Request) error {
+	_, _, err := prepare(r)
+	return err
 }
 
 // prepare validates req and returns its algorithm and script parameters.

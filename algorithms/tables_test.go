@@ -1,8 +1,14 @@
 package algorithms
 
 import (
+	"strconv"
 	"testing"
 	"time"
+
+	"github.com/alicebob/miniredis/v2"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/ratelimitd/ratelimitd/storage"
 )
 
 // step is one timed decision of a table. Zero limit, window and burst keep the previous
@@ -196,4 +202,21 @@ func TestTokenBucketRoundedInterval(t *testing.T) {
 		{at: 10*time.Second + 334*ms, hits: 1, want: ok(0, 3, 1000*ms)},
 		{at: 10*time.Second + 334*ms, hits: 4, want: never(0, 3, 1000*ms)},
 	}})
+}
+
+// TestSlidingWindowFormerLayout reads a key written by the former {w, c, p} layout: the
+// missing offsets read as 0 and the missing cap as none.
+func TestSlidingWindowFormerLayout(t *testing.T) {
+	mr := miniredis.RunT(t)
+	c := redis.NewClient(&redis.Options{Addr: mr.Addr()})
+	t.Cleanup(func() { _ = c.Close() })
+	d := NewRedis(storage.NewRedis(c))
+	at := epoch.Add(10*time.Second + 500*ms)
+	mr.SetTime(at)
+	mr.HSet("{t}old", "w", strconv.FormatInt(at.UnixMilli()/1000, 10), "c", "3", "p", "4")
+	// ceil(4 * 500/1000) + 3 + 1 = 6 <= 10; the cap from 500ms is floor((4*1000-1)/500) = 7.
+	got := decideOne(t, d, Request{Algorithm: SlidingWindow, Key: "{t}old", Limit: 10, Window: time.Second, Hits: 1})
+	if want := ok(3, 10, 1500*ms); got != want {
+		t.Errorf("got %+v, want %+v", got, want)
+	}
 }
