@@ -123,6 +123,13 @@ func (s *Server) run(ctx context.Context, domain string, req *rlsv3.RateLimitReq
 			Hits:          v.hits,
 			CountRejected: l.CountRejected,
 		})
+		if req.GetDescriptors()[i].GetLimit() != nil {
+			// Configured limits were checked when loaded; an override is checked here.
+			if err := algorithms.Check(&calls[len(calls)-1]); err != nil {
+				s.metrics.invalid.Inc()
+				return status.Error(codes.InvalidArgument, fmt.Sprintf("descriptors[%d].limit: %v", i, err))
+			}
+		}
 		owners = append(owners, i)
 	}
 	if len(calls) == 0 {

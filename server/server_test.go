@@ -13,6 +13,7 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	ratelimitv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/common/ratelimit/v3"
 	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
+	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 	"go.uber.org/goleak"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -278,5 +279,20 @@ func TestNoRulesIsUnavailable(t *testing.T) {
 	}
 	if err := srv.Ready(context.Background()); err == nil || !strings.Contains(err.Error(), "configuration") {
 		t.Errorf("Ready before SetRules = %v, want an error about the configuration", err)
+	}
+}
+
+// TestOverrideOutOfRange: an override the algorithm cannot decide exactly is bad input, not a
+// storage error, and charges nothing.
+func TestOverrideOutOfRange(t *testing.T) {
+	h := newHarness(t, Options{})
+	zero := d("tb", "z")
+	zero.Limit = &ratelimitv3.RateLimitDescriptor_RateLimitOverride{RequestsPerUnit: 0, Unit: typev3.RateLimitUnit_SECOND}
+	_, err := h.client.ShouldRateLimit(context.Background(), &rlsv3.RateLimitRequest{Domain: "d", Descriptors: []*ratelimitv3.RateLimitDescriptor{d("fw", "z"), zero}})
+	if status.Code(err) != codes.InvalidArgument || !strings.HasPrefix(status.Convert(err).Message(), "descriptors[1].limit: ") {
+		t.Fatalf("token bucket override with rate 0: %v, want InvalidArgument about descriptors[1].limit", err)
+	}
+	if got := h.call(t, d("fw", "z")).GetStatuses()[0].GetLimitRemaining(); got != 3 {
+		t.Errorf("fw after the refused request: remaining %d, want 3 (nothing charged)", got)
 	}
 }
