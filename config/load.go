@@ -630,12 +630,17 @@ func (l *loader) boolean(a at, name string, n *yaml.Node) (bool, bool) {
 	if isNull(n) {
 		return false, true
 	}
-	var b bool
-	if n.Kind != yaml.ScalarNode || n.Decode(&b) != nil {
-		l.errf(a, n, name, "must be true or false, got %s", describe(n))
-		return false, false
+	if n.Kind == yaml.ScalarNode && n.Style&(yaml.DoubleQuotedStyle|yaml.SingleQuotedStyle) == 0 {
+		// The booleans of YAML 1.1, which envoyproxy/ratelimit's YAML library reads.
+		switch n.Value {
+		case "true", "True", "TRUE", "yes", "Yes", "YES", "y", "Y", "on", "On", "ON":
+			return true, true
+		case "false", "False", "FALSE", "no", "No", "NO", "n", "N", "off", "Off", "OFF":
+			return false, true
+		}
 	}
-	return b, true
+	l.errf(a, n, name, "must be true or false (unquoted), got %s", describe(n))
+	return false, false
 }
 
 // uint32 reads an integer in [min, MaxUint32]; null is 0.

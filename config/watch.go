@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"path/filepath"
 	"time"
 
 	"github.com/fsnotify/fsnotify"
@@ -33,12 +34,12 @@ type WatchOptions struct {
 // Kubernetes ConfigMap swaps, where the ..data symlink is atomically replaced to point at a new
 // timestamped directory and the *.yaml files are symlinks through ..data. Changes are
 // debounced: Watch reloads the whole directory once opts.Debounce has passed without another
-// change, then calls OnLoad with the new Set or OnError with the problems. A failure is
-// reported once: reloads that fail with the same problems again call nothing until the
-// directory loads or the problems change. It does not load
-// the directory when it starts (the caller loads it first) nor without a change. OnLoad and
-// OnError are called from Watch's goroutine, one at a time, and must not block for long.
-// The directory itself must stay in place: removing it ends the reloads.
+// change, then calls OnLoad with the new Set or OnError with the problems (every failed
+// reload is reported; callers that log may want to skip repeats). When the directory itself
+// is removed or renamed away, Watch reports it once and looks for it again every second; when
+// it is back, Watch loads it and watches it as before. It does not load the directory when it
+// starts (the caller loads it first). OnLoad and OnError are called from Watch's goroutine, one
+// at a time, and must not block for long.
 //
 // Watch blocks until ctx is done and then returns nil, having ended everything it started; it
 // returns an error at once if the watch cannot be set up.
@@ -51,6 +52,7 @@ func watch(ctx context.Context, opts WatchOptions, ready func()) error {
 	if opts.Dir == "" {
 		return errors.New("watch config: no directory")
 	}
+	dir := filepath.Clean(opts.Dir)
 	debounce := opts.Debounce
 	if debounce <= 0 {
 		debounce = DefaultDebounce
@@ -65,17 +67,19 @@ func watch(ctx context.Context, opts WatchOptions, ready func()) error {
 
 	w, err := fsnotify.NewWatcher()
 	if err != nil {
-		return fmt.Errorf("watch config %s: %w", opts.Dir, err)
+		return fmt.Errorf("watch config %s: %w", dir, err)
 	}
 	defer w.Close()
-	if err := w.Add(opts.Dir); err != nil {
-		return fmt.Errorf("watch config %s: %w", opts.Dir, err)
+	if err := w.Add(dir); err != nil {
+		return fmt.Errorf("watch config %s: %w", dir, err)
 	}
 	if ready != nil {
 		ready()
 	}
 
-	lastFailure := ""
+	// lost is set while the directory itself is gone: the timer then polls for it.
+	lost := false
+	const poll = time.Second
 	timer := time.NewTimer(debounce)
 	timer.Stop()
 	defer timer.Stop()
@@ -83,29 +87,37 @@ func watch(ctx context.Context, opts WatchOptions, ready func()) error {
 		select {
 		case <-ctx.Done():
 			return nil
-		case _, ok := <-w.Events:
+		case ev, ok := <-w.Events:
 			if !ok {
 				return nil
+			}
+			if filepath.Clean(ev.Name) == dir && ev.Has(fsnotify.Remove|fsnotify.Rename) && !lost {
+				lost = true
+				onError(fmt.Errorf("watch config %s: the directory was removed; waiting for it to come back", dir))
 			}
 			timer.Reset(debounce)
 		case err, ok := <-w.Errors:
 			if !ok {
 				return nil
 			}
-			onError(fmt.Errorf("watch config %s: %w", opts.Dir, err))
+			onError(fmt.Errorf("watch config %s: %w", dir, err))
 			// Events may have been lost (an overflowing queue): reload to be sure.
 			timer.Reset(debounce)
 		case <-timer.C:
-			set, err := Load(opts.Dir)
-			if ctx.Err() != nil {
-				return nil
+			if lost {
+				if w.Add(dir) != nil {
+					timer.Reset(poll)
+					continue
+				}
+				lost = false
 			}
+			set, err := Load(dir)
 			switch {
+			case ctx.Err() != nil:
+				return nil
 			case err == nil:
-				lastFailure = ""
 				onLoad(set)
-			case err.Error() != lastFailure:
-				lastFailure = err.Error()
+			default:
 				onError(err)
 			}
 		}

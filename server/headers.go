@@ -7,13 +7,16 @@ import (
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	"google.golang.org/protobuf/types/known/structpb"
+
+	"github.com/ratelimitd/ratelimitd/config"
 )
 
 // responseHeaders builds the headers Envoy adds to the response to its client:
 //
 //   - RateLimit-Policy and RateLimit, one list member per limited descriptor, in the syntax of
 //     the IETF httpapi rate-limit headers draft: `"name";q=<quota>;w=<window s>` and
-//     `"name";r=<remaining>;t=<seconds until reset>`;
+//     `"name";r=<remaining>;t=<seconds until reset>` (a token bucket's quota is its burst, and
+//     its window the time to refill the burst);
 //   - Retry-After, in whole seconds rounded up (at least 1), when the request is refused and
 //     could pass later; never when a descriptor's cost can never fit (grade never);
 //   - optionally X-RateLimit-Limit, -Remaining and -Reset of the most restrictive descriptor.
@@ -32,11 +35,12 @@ func (s *Server) responseHeaders(verdicts []verdict, overall Grade) []*corev3.He
 		}
 		name := policyName(v, i)
 		remaining := remainingOf(v)
+		quota, window := policyOf(v.limit)
 		policy.WriteString(name)
 		policy.WriteString(";q=")
-		policy.WriteString(strconv.FormatUint(uint64(v.limit.RequestsPerUnit), 10))
+		policy.WriteString(strconv.FormatInt(quota, 10))
 		policy.WriteString(";w=")
-		policy.WriteString(strconv.FormatInt(ceilSeconds(v.limit.Window), 10))
+		policy.WriteString(strconv.FormatInt(max(ceilSeconds(window), 1), 10))
 		state.WriteString(name)
 		state.WriteString(";r=")
 		state.WriteString(strconv.FormatInt(remaining, 10))
@@ -65,6 +69,15 @@ func (s *Server) responseHeaders(verdicts []verdict, overall Grade) []*corev3.He
 		)
 	}
 	return hs
+}
+
+// policyOf is the quota a client may spend at once and the time it takes to come back: the
+// limit per window, or for a token bucket its burst and the time to refill the whole burst.
+func policyOf(l *config.Limit) (quota int64, window time.Duration) {
+	if l.Algorithm == config.TokenBucket && l.RequestsPerUnit > 0 {
+		return int64(l.Burst), time.Duration(int64(l.Window) / int64(l.RequestsPerUnit) * int64(l.Burst))
+	}
+	return int64(l.RequestsPerUnit), l.Window
 }
 
 // remainingOf is what a descriptor reports as remaining: nothing once it refused.

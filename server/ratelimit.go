@@ -141,7 +141,11 @@ func (s *Server) run(ctx context.Context, domain string, req *rlsv3.RateLimitReq
 			return status.FromContextError(ctxErr).Err()
 		}
 		s.log.Warn("storage failed", zap.String("domain", domain), zap.Error(err))
-		return status.Error(codes.Unavailable, fmt.Sprintf("storage unavailable: %v", err))
+		// The details (addresses, server messages) go to the log, not to callers.
+		if errors.Is(err, context.DeadlineExceeded) {
+			return status.Error(codes.Unavailable, "storage unavailable: no answer within the deadline")
+		}
+		return status.Error(codes.Unavailable, "storage unavailable")
 	}
 	refused := false
 	for k, i := range owners {

@@ -180,7 +180,10 @@ func TestHeadersOnAFixedClock(t *testing.T) {
 
 func TestTokenBucketRetryAfterAndNever(t *testing.T) {
 	h := newHarness(t, Options{})
-	h.call(t, withHits(d("tb", "x"), 2))
+	first := headers(h.call(t, withHits(d("tb", "x"), 2)).GetResponseHeadersToAdd())
+	if got, want := first["RateLimit-Policy"], `"d/tb";q=2;w=1`; got != want {
+		t.Errorf("RateLimit-Policy = %q, want %q (burst 2, refilled in 1s)", got, want)
+	}
 	resp := h.call(t, d("tb", "x"))
 	if resp.GetOverallCode() != rlsv3.RateLimitResponse_OVER_LIMIT {
 		t.Fatalf("empty bucket: %v, want OVER_LIMIT", resp.GetOverallCode())

@@ -4,7 +4,9 @@ import (
 	"context"
 	"crypto/sha1"
 	"encoding/hex"
+	"errors"
 	"fmt"
+	neturl "net/url"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -128,6 +130,11 @@ func isNoScript(err error) bool {
 func NewClient(url string) (redis.UniversalClient, error) {
 	opt, err := redis.ParseURL(url)
 	if err != nil {
+		// The parser's message quotes the URL, password included: keep only its reason.
+		var uerr *neturl.Error
+		if errors.As(err, &uerr) {
+			err = uerr.Err
+		}
 		return nil, fmt.Errorf("parse redis url: %w", err)
 	}
 	opt.ContextTimeoutEnabled = true

@@ -228,3 +228,20 @@ func TestScript(t *testing.T) {
 		t.Errorf("got %s %q", s.SHA1(), s.Source())
 	}
 }
+
+func TestNewClientKeepsThePasswordOutOfErrors(t *testing.T) {
+	for _, url := range []string{
+		"redis://user:s3cret@127.0.0.1:notaport/0",
+		"redis://:s3cret@127.0.0.1:6379/notadb",
+		"http://user:s3cret@127.0.0.1:6379/0",
+	} {
+		_, err := NewClient(url)
+		if err == nil {
+			t.Errorf("NewClient(%q) = nil error, want one", url)
+			continue
+		}
+		if strings.Contains(err.Error(), "s3cret") {
+			t.Errorf("NewClient(%q) error %q shows the password", url, err)
+		}
+	}
+}

@@ -57,3 +57,21 @@ func TestSplitHeader(t *testing.T) {
 		}
 	}
 }
+
+func TestUnknownEnv(t *testing.T) {
+	known := map[string]bool{"RATELIMITD_CONFIG": true}
+	got := unknownEnv([]string{"RATELIMITD_CONFIG=/etc", "RATELIMITD_CONFG=/etc", "HOME=/root", "RATELIMITD_=x"}, known)
+	if strings.Join(got, ",") != "RATELIMITD_CONFG,RATELIMITD_" {
+		t.Errorf("unknownEnv = %v, want [RATELIMITD_CONFG RATELIMITD_]", got)
+	}
+}
+
+func TestValidHeaderName(t *testing.T) {
+	for name, want := range map[string]bool{
+		"x-ratelimit-grade": true, "x_degrade.1": true, "": false, "Bad": false, "a b": false, "a:b": false, "é": false,
+	} {
+		if got := validHeaderName(name); got != want {
+			t.Errorf("validHeaderName(%q) = %v, want %v", name, got, want)
+		}
+	}
+}

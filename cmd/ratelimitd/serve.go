@@ -14,6 +14,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"google.golang.org/grpc"
@@ -40,6 +41,8 @@ type serveFlags struct {
 	nearLimitHeader string
 	logLevel        string
 	shutdownTimeout time.Duration
+	// known lists the environment variables of serve's flags.
+	known map[string]bool
 }
 
 func parseServeFlags(args []string, stderr io.Writer) (serveFlags, error) {
@@ -52,14 +55,19 @@ func parseServeFlags(args []string, stderr io.Writer) (serveFlags, error) {
 	fs.StringVar(&f.httpAddr, "http-addr", "127.0.0.1:8080", "HTTP listen address (/json, /healthz, /readyz, /metrics)")
 	fs.StringVar(&f.redisURL, "redis-url", "", "Redis URL (redis://[user:password@]host:port/db or rediss:// for TLS); empty: in-memory store, one replica only")
 	fs.StringVar(&f.keyPrefix, "key-prefix", "ratelimitd:", "prefix of every storage key")
-	fs.DurationVar(&f.storageTimeout, "storage-timeout", time.Second, "bound of a storage call when the caller sets no deadline")
-	fs.DurationVar(&f.deadlineMargin, "deadline-margin", 5*time.Millisecond, "time kept back from the caller's deadline to answer UNAVAILABLE before it expires")
-	fs.BoolVar(&f.xRateLimit, "x-ratelimit-headers", false, "also add X-RateLimit-Limit, -Remaining and -Reset to responses")
+	durationFlag(fs, &f.storageTimeout, "storage-timeout", time.Second, "bound of a storage call when the caller sets no deadline")
+	durationFlag(fs, &f.deadlineMargin, "deadline-margin", 5*time.Millisecond, "time kept back from the caller's deadline to answer UNAVAILABLE before it expires")
+	boolFlag(fs, &f.xRateLimit, "x-ratelimit-headers", false, "also add X-RateLimit-Limit, -Remaining and -Reset to responses")
 	fs.StringVar(&f.nearLimitHeader, "near-limit-header", "x-ratelimit-grade: near-limit", `request header added for the upstream when a request is admitted near its limit ("name: value", or "-" for none)`)
 	fs.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn, error")
-	fs.DurationVar(&f.shutdownTimeout, "shutdown-timeout", 10*time.Second, "how long in-flight requests may finish on SIGINT/SIGTERM")
+	durationFlag(fs, &f.shutdownTimeout, "shutdown-timeout", 10*time.Second, "how long in-flight requests may finish on SIGINT/SIGTERM")
 	if err := parseWithEnv(fs, args, os.LookupEnv); err != nil {
 		return f, err
+	}
+	f.known = map[string]bool{}
+	fs.VisitAll(func(fl *flag.Flag) { f.known[envName(fl.Name)] = true })
+	if name, _ := splitHeader(f.nearLimitHeader); name != "-" && !validHeaderName(name) {
+		return f, fmt.Errorf("-near-limit-header: %q is not a lower-case HTTP header name (want \"name: value\" or \"-\")", name)
 	}
 	switch {
 	case fs.NArg() > 0:
@@ -89,6 +97,12 @@ func serve(ctx context.Context, args []string, stderr io.Writer) int {
 		return 2
 	}
 	defer func() { _ = log.Sync() }()
+	// go-redis logs through a process-wide logger; route it into ours, at debug level: every
+	// failure it reports also reaches us as an error that we count and log.
+	redis.SetLogger(redisLogger{log.Named("redis").Sugar()})
+	for _, name := range unknownEnv(os.Environ(), f.known) {
+		log.Warn("ignoring an environment variable that sets no flag of serve", zap.String("name", name))
+	}
 	if err := runServer(ctx, f, log); err != nil {
 		log.Error("ratelimitd stopped", zap.Error(err))
 		return 1
@@ -112,7 +126,7 @@ func newLogger(level string) (*zap.Logger, error) {
 func runServer(ctx context.Context, f serveFlags, log *zap.Logger) error {
 	set, err := config.Load(f.configDir)
 	if err != nil {
-		return fmt.Errorf("load config: %w", err)
+		return fmt.Errorf("-config: %w", err)
 	}
 	decider, pinger, closeStore, err := openStore(f.redisURL, log)
 	if err != nil {
@@ -137,6 +151,7 @@ func runServer(ctx context.Context, f serveFlags, log *zap.Logger) error {
 	})
 	srv.SetRules(set)
 	log.Info("configuration loaded", zap.String("dir", f.configDir), zap.Strings("domains", set.Domains()), zap.Int("rules", set.RuleCount()))
+	warnIfEmpty(set, f.configDir, log)
 
 	var lc net.ListenConfig
 	grpcLis, err := lc.Listen(ctx, "tcp", f.grpcAddr)
@@ -202,6 +217,13 @@ func runServer(ctx context.Context, f serveFlags, log *zap.Logger) error {
 	return runErr
 }
 
+// redisLogger writes go-redis's messages into zap.
+type redisLogger struct{ log *zap.SugaredLogger }
+
+func (l redisLogger) Printf(_ context.Context, format string, v ...any) {
+	l.log.Debugf(format, v...)
+}
+
 // openStore connects the store named by the flags: Redis when a URL is given, else the
 // in-memory store.
 func openStore(redisURL string, log *zap.Logger) (algorithms.Decider, server.Pinger, func(), error) {
@@ -223,22 +245,36 @@ func openStore(redisURL string, log *zap.Logger) (algorithms.Decider, server.Pin
 	return d, d, func() { _ = client.Close() }, nil
 }
 
-// watchConfig reloads the configuration when its directory changes, until ctx ends.
+// watchConfig reloads the configuration when its directory changes, until ctx ends. Every
+// failed reload is counted; a failure is logged once, until it changes or a reload succeeds.
 func watchConfig(ctx context.Context, dir string, srv *server.Server, log *zap.Logger) {
+	lastFailure := ""
 	err := config.Watch(ctx, config.WatchOptions{
 		Dir: dir,
 		OnLoad: func(set *config.Set) {
+			lastFailure = ""
 			srv.SetRules(set)
 			srv.Reloaded()
 			log.Info("configuration reloaded", zap.Strings("domains", set.Domains()), zap.Int("rules", set.RuleCount()))
+			warnIfEmpty(set, dir, log)
 		},
 		OnError: func(err error) {
 			srv.ReloadFailed()
-			log.Error("configuration reload failed; keeping the previous configuration", zap.Error(err))
+			if err.Error() != lastFailure {
+				lastFailure = err.Error()
+				log.Error("configuration reload failed; keeping the previous configuration", zap.Error(err))
+			}
 		},
 	})
 	if err != nil {
 		log.Error("configuration watch stopped; reloads are off", zap.Error(err))
+	}
+}
+
+// warnIfEmpty warns that a configuration without domains limits nothing: often a wrong path.
+func warnIfEmpty(set *config.Set, dir string, log *zap.Logger) {
+	if len(set.Domains()) == 0 {
+		log.Warn("the configuration has no domains: every request is allowed", zap.String("dir", dir))
 	}
 }
 

@@ -29,5 +29,8 @@ func validate(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	fmt.Fprintf(stdout, "%s: ok, %d domains, %d rules\n", dir, len(set.Domains()), set.RuleCount())
+	if len(set.Domains()) == 0 {
+		fmt.Fprintf(stderr, "warning: %s has no *.yaml or *.yml file with a domain: served, it would allow every request\n", dir)
+	}
 	return 0
 }
