@@ -42,6 +42,9 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "Descriptor rules carrying a rate_limit in the configuration in force.",
 		}),
 	}
+	// Both results exist from the start, at zero, so alerts need no absent() guard.
+	m.reloads.WithLabelValues("ok")
+	m.reloads.WithLabelValues("error")
 	if reg != nil {
 		reg.MustRegister(m.decisions, m.invalid, m.storageSeconds, m.storageErrors, m.reloads, m.rules)
 	}
