@@ -1,11 +1,9 @@
 local t = redis.call('TIME')
--- sliding_window: the previous window's count, weighted by the share of it still inside the
--- sliding window, plus the current window's count. Windows are epoch-aligned, window_ms long.
--- A window's count is assumed spread evenly from the offset of its first charged hit to its
--- end, and a window may not take a hit that would make that assumption an underestimate.
--- KEYS[1]: hash {w = window index, c = current count, fc = offset of the current window's
--- first charged hit, cm = cap on the current count, p = previous count, fp = offset of the
--- previous window's first charged hit}.
+-- sliding_window: counts per sub-window ("bucket") of bw = max(1, floor(window_ms / 20)) ms,
+-- epoch-aligned (bucket b covers [b * bw, (b + 1) * bw)). A bucket counts while it intersects
+-- the sliding window: while now < (b + 1) * bw + window_ms. Hits are admitted while the sum
+-- of the counted buckets plus the hits is at most the limit.
+-- KEYS[1]: hash {bucket index (decimal) = count > 0}; any other field is stale and deleted.
 -- ARGV: limit, window_ms, burst (unused), hits, count_rejected (0/1).
 -- Returns {allowed, remaining, limit, reset_after_ms, retry_after_ms}.
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -13,95 +11,100 @@ local limit = tonumber(ARGV[1])
 local window = tonumber(ARGV[2])
 local hits = tonumber(ARGV[4])
 local count_rejected = ARGV[5] == '1'
--- Counts saturate so that (count + 1) * window_ms stays below 2^53 (exact in a Lua number).
-local max_count = math.floor(4503599627370496 / window)
+-- The total count saturates at 2^52, so that it plus any hits stays exact in a Lua number.
+local max_count = 4503599627370496
 
-local idx = math.floor(now / window)
-local e = now - idx * window
-local s = redis.call('HMGET', KEYS[1], 'w', 'c', 'fc', 'cm', 'p', 'fp')
-local cur, fc, cm, prev, fp = 0, 0, max_count, 0, 0
-local w = tonumber(s[1])
-if w == idx then
-  cur = tonumber(s[2]) or 0
-  fc = tonumber(s[3]) or 0
-  cm = tonumber(s[4]) or max_count
-  prev = tonumber(s[5]) or 0
-  fp = tonumber(s[6]) or 0
-elseif w == idx - 1 then
-  prev = tonumber(s[2]) or 0
-  fp = tonumber(s[3]) or 0
-end
--- Offsets from another window length (a changed limit) are clamped into this one.
-fc = math.min(math.max(fc, 0), window - 1)
-fp = math.min(math.max(fp, 0), window - 1)
+local bw = math.max(1, math.floor(window / 20))
+local cur = math.floor(now / bw)
+-- The oldest bucket that counts; c[i] is the count of bucket oldest + i, i in [0, k).
+local oldest = 0
+if now >= window then oldest = math.floor((now - window) / bw) end
+local k = cur - oldest + 1
+local c = {}
+for i = 0, k - 1 do c[i] = 0 end
 
--- The previous count still inside the sliding window at offset x, rounded up.
-local function weighted(n, x)
-  return math.ceil(n * (window - math.max(x, fp)) / (window - fp))
-end
-
--- The cap: the hits before offset e (all cur of them) must be at least
--- floor(final * (e - fc) / (window - fc)), so that the next window's estimate of this one is
--- never below the truth.
-if cur > 0 and e > fc then
-  cm = math.min(cm, math.floor(((cur + 1) * (window - fc) - 1) / (e - fc)))
-end
-local nc, np = cur + hits, prev
-if nc < 0 then
-  np = math.max(0, prev + nc)
-  nc = 0
-end
-local allowed = weighted(np, e) + nc <= limit and not (hits > 0 and cur > 0 and nc > cm)
-if allowed or hits <= 0 or count_rejected then
-  if cur == 0 and nc > 0 then
-    fc, cm = e, max_count
+-- Fields that are not a canonical bucket index in [oldest, cur] with a positive count (stale
+-- buckets, buckets of another width, a former layout) are deleted on write.
+local f = redis.call('HGETALL', KEYS[1])
+local del = {}
+for i = 1, #f, 2 do
+  local name = f[i]
+  local b, n = nil, tonumber(f[i + 1])
+  if #name <= 15 and (name == '0' or string.match(name, '^[1-9]%d*$')) then b = tonumber(name) end
+  if b and b >= oldest and b <= cur and n and n > 0 then
+    c[b - oldest] = n
+  else
+    del[#del + 1] = name
   end
-  cur = math.min(nc, max_count)
-  prev = np
+end
+local count = 0
+for i = 0, k - 1 do count = count + c[i] end
+
+local changed = {}
+local allowed
+if hits > 0 then
+  allowed = count + hits <= limit
+  if allowed or count_rejected then
+    local add = math.min(hits, max_count - count)
+    c[k - 1] = c[k - 1] + add
+    count = count + add
+    changed[#changed + 1] = k - 1
+  end
+else
+  -- A refund comes off the newest buckets first, never below zero.
+  local owed = -hits
+  local i = k - 1
+  while owed > 0 and i >= 0 do
+    if c[i] > 0 then
+      local take = math.min(c[i], owed)
+      c[i] = c[i] - take
+      owed = owed - take
+      count = count - take
+      changed[#changed + 1] = i
+    end
+    i = i - 1
+  end
+  allowed = count <= limit
 end
 
+-- Exact: the buckets stop counting oldest first, bucket b at (b + 1) * bw + window_ms.
 local retry = 0
 if not allowed and hits <= limit then
-  local h = math.max(hits, 0)
-  local r = limit - cur - h
-  local x = window
-  if r >= 0 then
-    -- Later in this window, once the previous count has decayed to r, if the cap allows.
-    x = e
-    if prev > r then x = math.max(e, window - math.floor(r * (window - fp) / prev)) end
-    if h > 0 and cur > 0 and (cur + h > cm or
-        (x > fc and cur + h > math.floor(((cur + 1) * (window - fc) - 1) / (x - fc)))) then
-      x = window
+  local need = count + math.max(hits, 0) - limit
+  for i = 0, k - 1 do
+    need = need - c[i]
+    if need <= 0 then
+      retry = (oldest + i + 1) * bw + window - now
+      break
     end
-  end
-  if x < window then
-    retry = x - e
-  else
-    -- In the next window, where cur becomes the previous count, spread from fc.
-    local e2 = 0
-    if cur > limit - h then e2 = window - math.floor((limit - h) * (window - fc) / cur) end
-    retry = window - e + e2
   end
 end
 
 local reset = 0
-if cur > 0 then
-  reset = 2 * window - e
-elseif prev > 0 then
-  reset = window - e
+for i = k - 1, 0, -1 do
+  if c[i] > 0 then
+    reset = (oldest + i + 1) * bw + window - now
+    break
+  end
 end
-if cur == 0 then
-  fc, cm = 0, 0
+
+if count == 0 then
+  if #f > 0 then redis.call('DEL', KEYS[1]) end
+elseif #changed > 0 or #del > 0 then
+  local set = {}
+  for _, i in ipairs(changed) do
+    local name = string.format('%d', oldest + i)
+    if c[i] > 0 then
+      set[#set + 1] = name
+      set[#set + 1] = string.format('%d', c[i])
+    else
+      del[#del + 1] = name
+    end
+  end
+  if #del > 0 then redis.call('HDEL', KEYS[1], unpack(del)) end
+  if #set > 0 then redis.call('HSET', KEYS[1], unpack(set)) end
+  redis.call('PEXPIRE', KEYS[1], reset)
 end
-if reset > 0 then
-  redis.call('HSET', KEYS[1], 'w', string.format('%d', idx), 'c', string.format('%d', cur),
-    'fc', string.format('%d', fc), 'cm', string.format('%d', cm),
-    'p', string.format('%d', prev), 'fp', string.format('%d', fp))
-  redis.call('PEXPIRE', KEYS[1], 2 * window)
-elseif s[1] then
-  redis.call('DEL', KEYS[1])
-end
-local remaining = limit - cur - weighted(prev, e)
-if cur > 0 then remaining = math.min(remaining, cm - cur) end
+local remaining = limit - count
 if remaining < 0 then remaining = 0 end
 return {allowed and 1 or 0, remaining, limit, reset, retry}

@@ -1,6 +1,7 @@
 package algorithms
 
 import (
+	"slices"
 	"strconv"
 	"testing"
 	"time"
@@ -120,50 +121,55 @@ func TestFixedWindow(t *testing.T) {
 }
 
 func TestSlidingWindow(t *testing.T) {
+	// 10 per second: buckets of 50ms; bucket b counts until (b+1)*50ms + 1s.
 	runTable(t, table{algorithm: SlidingWindow, limit: 10, window: time.Second, steps: []step{
-		// The first hit of window 0 is at 600ms: its count is spread over [600ms, 1000ms).
-		{at: 600 * ms, hits: 4, want: ok(6, 10, 1400*ms)},
-		// The cap at 800ms: 4 hits before it allow at most floor((5*400-1)/200) = 9 in all.
-		{at: 800 * ms, hits: 3, want: ok(2, 10, 1200*ms)},
-		// 10 > 9: refused by the cap until the next window, where ceil(7*400/400) + 3 = 10.
-		{at: 900 * ms, hits: 3, want: refused(2, 10, 1100*ms, 100*ms)},
-		{at: 999 * ms, hits: 3, want: refused(1, 10, 1001*ms, 1*ms)}, // the cap is now 8
-		{at: 1000 * ms, hits: 3, want: ok(0, 10, 2000*ms)},
-		// Before 1600ms all 7 previous hits count (an even spread from 0 would count 5):
-		// 7 + 3 + 1 > 10 until ceil(7 * (1000 - e)/400) <= 6, at e = 658.
-		{at: 1300 * ms, hits: 1, want: refused(0, 10, 1700*ms, 358*ms)},
-		{at: 1657 * ms, hits: 1, want: refused(0, 10, 1343*ms, 1*ms)},
-		{at: 1658 * ms, hits: 1, want: ok(0, 10, 1342*ms)}, // the cap at 658: floor(3999/658) = 6
-		// ceil(7*10/400) + 4 + 2 = 7, but the cap at 990 is floor(4999/990) = 5.
-		{at: 1990 * ms, hits: 2, want: refused(1, 10, 1010*ms, 10*ms)},
-		{at: 1990 * ms, hits: 1, want: ok(0, 10, 1010*ms)},
-		// The first hit of window 1 was at 0: its 5 hits are spread over the whole window.
-		{at: 2000 * ms, hits: 10, want: refused(5, 10, 1000*ms, 1000*ms)},
-		{at: 2999 * ms, hits: 10, want: refused(9, 10, 1*ms, 1*ms)}, // ceil(5 * 1/1000) + 10
-		{at: 3000 * ms, hits: 10, want: ok(0, 10, 2000*ms)},
-		{at: 3500 * ms, hits: -3, want: ok(3, 10, 1500*ms)},
-		// The refund empties the current count, then takes 2 from the previous one.
-		{at: 4200 * ms, hits: -2, want: ok(6, 10, 800*ms)},
-		{at: 4200 * ms, hits: -100, want: ok(10, 10, 0)},
-		{at: 4300 * ms, hits: 11, want: never(10, 10, 0)},
-		{at: 4300 * ms, hits: 11, countRejected: true, want: never(0, 10, 1700*ms)}, // cur 11 from 300ms
-		// 11 > 10 until ceil(11 * (1000 - e)/700) <= 10, at e = 364 of the next window.
-		{at: 4400 * ms, hits: 0, want: refused(0, 10, 1600*ms, 964*ms)},
-		{at: 5363 * ms, hits: 0, want: refused(0, 10, 637*ms, 1*ms)},
-		{at: 5364 * ms, hits: 0, want: ok(0, 10, 636*ms)},
-		// Charged although refused (cur 1 from 364ms): ceil(11 * 509/700) + 1 + 1 = 10 at e = 491.
-		{at: 5364 * ms, hits: 1, countRejected: true, want: refused(0, 10, 1636*ms, 127*ms)},
-		{at: 5490 * ms, hits: 1, want: refused(0, 10, 1510*ms, 1*ms)},
-		{at: 5491 * ms, hits: 1, want: ok(0, 10, 1509*ms)},
-		{at: 9000 * ms, hits: 1, want: ok(9, 10, 2000*ms)}, // stale windows read as empty
-		{at: 10000 * ms, hits: 1, limit: 3, window: time.Minute, key: "{t}m", want: ok(2, 3, 120*time.Second-10*time.Second)},
-		// A stream that starts late in a window: all 10 hits count until 900ms of the next
-		// window (an even spread from 0 would count 9 at 100ms and admit an 11th hit within
-		// one second); then ceil(10 * (1000 - e)/100) + 1 <= 10 at e = 910.
-		{at: 10900 * ms, hits: 10, limit: 10, window: time.Second, key: "{t}tail", want: ok(0, 10, 1100*ms)},
-		{at: 11100 * ms, hits: 1, key: "{t}tail", want: refused(0, 10, 900*ms, 810*ms)},
-		{at: 11909 * ms, hits: 1, key: "{t}tail", want: refused(0, 10, 91*ms, 1*ms)},
-		{at: 11910 * ms, hits: 1, key: "{t}tail", want: ok(0, 10, 1090*ms)},
+		{at: 0, hits: 1, want: ok(9, 10, 1050*ms)}, // bucket 0 counts until 1050ms
+		// A late burst that fits the last second is admitted; then the 10th of it is refused
+		// until bucket 0 stops counting.
+		{at: 900 * ms, hits: 9, want: ok(0, 10, 1050*ms)}, // bucket 18 until 1950ms
+		{at: 900 * ms, hits: 1, want: refused(0, 10, 1050*ms, 150*ms)},
+		{at: 1049*ms + 999*µs, hits: 1, want: refused(0, 10, 901*ms, 1*ms)}, // retry-after - 1ms
+		{at: 1050 * ms, hits: 1, want: ok(0, 10, 1050*ms)},                  // retry-after; bucket 21
+		{at: 1200 * ms, hits: 0, want: ok(0, 10, 900*ms)},                   // a check charges nothing
+		// 3 more need bucket 18's 9 hits gone.
+		{at: 1200 * ms, hits: 3, want: refused(0, 10, 900*ms, 750*ms)},
+		{at: 1949 * ms, hits: 3, want: refused(0, 10, 151*ms, 1*ms)},
+		{at: 1950 * ms, hits: 3, want: ok(6, 10, 1050*ms)},              // bucket 21: 1, bucket 39: 3
+		{at: 2000 * ms, hits: 1, want: ok(5, 10, 1050*ms)},              // bucket 40: 1
+		{at: 2099 * ms, hits: 0, want: ok(5, 10, 951*ms)},               // bucket 21 still counts
+		{at: 2100 * ms, hits: 0, want: ok(6, 10, 950*ms)},               // one bucket drops out
+		{at: 2100 * ms, hits: 10, want: refused(6, 10, 950*ms, 950*ms)}, // needs buckets 39 and 40 gone
+		{at: 2999 * ms, hits: 0, want: ok(6, 10, 51*ms)},
+		{at: 3000 * ms, hits: 0, want: ok(9, 10, 50*ms)}, // the next one
+		{at: 3000 * ms, hits: 10, want: refused(9, 10, 50*ms, 50*ms)},
+		{at: 3049 * ms, hits: 10, want: refused(9, 10, 1*ms, 1*ms)},
+		{at: 3050 * ms, hits: 10, want: ok(0, 10, 1050*ms)}, // bucket 61: 10
+		{at: 3100 * ms, hits: -3, want: ok(3, 10, 1000*ms)}, // bucket 61: 7
+		{at: 3200 * ms, hits: 2, want: ok(1, 10, 1050*ms)},  // bucket 64: 2
+		// A refund comes off the newest bucket first: bucket 64 empties, bucket 61 keeps 5.
+		{at: 3200 * ms, hits: -4, want: ok(5, 10, 900*ms)},
+		{at: 3300 * ms, hits: -100, want: ok(10, 10, 0)}, // and stops at empty
+		{at: 3300 * ms, hits: 11, want: never(10, 10, 0)},
+		{at: 3300 * ms, hits: 11, countRejected: true, want: never(0, 10, 1050*ms)},          // bucket 66: 11
+		{at: 3400 * ms, hits: 0, want: refused(0, 10, 950*ms, 950*ms)},                       // 11 > 10
+		{at: 3400 * ms, hits: -1, want: ok(0, 10, 950*ms)},                                   // bucket 66: 10
+		{at: 3500 * ms, hits: 1, countRejected: true, want: refused(0, 10, 1050*ms, 850*ms)}, // bucket 70: 1
+		{at: 4349 * ms, hits: 1, want: refused(0, 10, 201*ms, 1*ms)},
+		{at: 4350 * ms, hits: 1, want: ok(8, 10, 1050*ms)},
+		{at: 9000 * ms, hits: 1, want: ok(9, 10, 1050*ms)}, // stale buckets read as empty
+		// 3 per minute: buckets of 3s; 10s is in bucket 3, [9s, 12s).
+		{at: 10 * time.Second, hits: 1, limit: 3, window: time.Minute, key: "{t}m", want: ok(2, 3, 62*time.Second)},
+		{at: 40 * time.Second, hits: 2, key: "{t}m", want: ok(0, 3, 62*time.Second)},
+		{at: 40 * time.Second, hits: 1, key: "{t}m", want: refused(0, 3, 62*time.Second, 32*time.Second)},
+		{at: 72 * time.Second, hits: 1, key: "{t}m", want: ok(0, 3, 63*time.Second)}, // bucket 24, [72s, 75s)
+		// 2 per 997ms: buckets of 49ms, whose boundaries are 36ms past a multiple of 49ms from
+		// the epoch (itself 13ms past one): 20.028s starts one, and a bucket counts until
+		// 49ms + 997ms = 1046ms after its start.
+		{at: 20028 * ms, hits: 2, limit: 2, window: 997 * ms, key: "{t}997", want: ok(0, 2, 1046*ms)},
+		{at: 20540 * ms, hits: 1, key: "{t}997", want: refused(0, 2, 534*ms, 534*ms)},
+		{at: 21073 * ms, hits: 1, key: "{t}997", want: refused(0, 2, 1*ms, 1*ms)},
+		// The bucket that starts at 20.028s + 21*49ms = 21.057s counts until 22.103s.
+		{at: 21074 * ms, hits: 1, key: "{t}997", want: ok(1, 2, 1029*ms)},
 	}})
 }
 
@@ -204,19 +210,73 @@ func TestTokenBucketRoundedInterval(t *testing.T) {
 	}})
 }
 
-// TestSlidingWindowFormerLayout reads a key written by the former {w, c, p} layout: the
-// missing offsets read as 0 and the missing cap as none.
-func TestSlidingWindowFormerLayout(t *testing.T) {
+// TestSlidingWindowForeignFields reads keys holding fields that are not bucket counts: the
+// former layout {w, c, fc, cm, p, fp}, non-canonical or stale indices, a bucket of the future,
+// a zero or malformed count. They count as nothing and are deleted on the next write.
+func TestSlidingWindowForeignFields(t *testing.T) {
 	mr := miniredis.RunT(t)
 	c := redis.NewClient(&redis.Options{Addr: mr.Addr()})
 	t.Cleanup(func() { _ = c.Close() })
 	d := NewRedis(storage.NewRedis(c))
 	at := epoch.Add(10*time.Second + 500*ms)
 	mr.SetTime(at)
-	mr.HSet("{t}old", "w", strconv.FormatInt(at.UnixMilli()/1000, 10), "c", "3", "p", "4")
-	// ceil(4 * 500/1000) + 3 + 1 = 6 <= 10; the cap from 500ms is floor((4*1000-1)/500) = 7.
-	got := decideOne(t, d, Request{Algorithm: SlidingWindow, Key: "{t}old", Limit: 10, Window: time.Second, Hits: 1})
-	if want := ok(3, 10, 1500*ms); got != want {
-		t.Errorf("got %+v, want %+v", got, want)
+	cur := at.UnixMilli() / 50 // buckets of 50ms
+	idx := func(b int64) string { return strconv.FormatInt(b, 10) }
+	former := []string{"w", idx(at.UnixMilli() / 1000), "c", "3", "fc", "0", "cm", "9", "p", "4", "fp", "0"}
+	foreign := append(former,
+		"0"+idx(cur), "5", // not canonical
+		idx(cur-21), "5", // stopped counting at (cur-20)*50ms + 1s = now
+		idx(cur+1), "5", // the future (another bucket width, or a clock that went back)
+		idx(cur-1), "0",
+		idx(cur-2), "x",
+		idx(cur-20), "2", // the oldest bucket that still counts
+	)
+	req := Request{Algorithm: SlidingWindow, Key: "{t}old", Limit: 10, Window: time.Second}
+
+	// A check writes nothing; a refund to empty deletes the key.
+	mr.HSet(req.Key, former...)
+	req.Hits = 0
+	if got, want := decideOne(t, d, req), ok(10, 10, 0); got != want {
+		t.Errorf("check on the former layout: got %+v, want %+v", got, want)
+	}
+	req.Hits = -1
+	decideOne(t, d, req)
+	if mr.Exists(req.Key) {
+		t.Errorf("the key of the former layout survived a refund to empty")
+	}
+
+	mr.HSet(req.Key, foreign...)
+	req.Hits = 1
+	if got, want := decideOne(t, d, req), ok(7, 10, 1050*ms); got != want {
+		t.Errorf("charge: got %+v, want %+v", got, want)
+	}
+	keys, err := mr.HKeys(req.Key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	slices.Sort(keys)
+	if want := []string{idx(cur - 20), idx(cur)}; !slices.Equal(keys, want) {
+		t.Errorf("fields after the charge: got %v, want %v", keys, want)
+	}
+	if got, want := mr.TTL(req.Key), 1050*ms; got != want {
+		t.Errorf("TTL: got %v, want %v", got, want)
+	}
+}
+
+// TestSlidingWindowBucketBound checks the bound on the number of buckets that count at once,
+// which sizes the twin's buffer: at most 2N for any window, N+1 when N divides the window,
+// N+2 otherwise from N*N ms up.
+func TestSlidingWindowBucketBound(t *testing.T) {
+	for w := int64(1); w <= 5000; w++ {
+		bw := max(1, w/slidingBuckets)
+		// floor(now/bw) - floor((now-w)/bw) + 1 is largest when now is at the start of a bucket.
+		k := w/bw + 1
+		if w%bw != 0 {
+			k++
+		}
+		big := w%slidingBuckets != 0 && w >= slidingBuckets*slidingBuckets
+		if k > 2*slidingBuckets || (w%slidingBuckets == 0 && k != slidingBuckets+1) || (big && k != slidingBuckets+2) {
+			t.Fatalf("window %dms, buckets of %dms: %d buckets count at once", w, bw, k)
+		}
 	}
 }
