@@ -16,7 +16,7 @@ import (
 const (
 	maxWindow  = 1 << 36 * time.Millisecond // about 2.2 years
 	maxCount   = 1 << 40                    // bound on Limit, Burst and |Hits|
-	maxProduct = 1 << 52                    // bound on limit * window_ms and on the GCRA tolerance
+	maxProduct = 1 << 52                    // bound on stored counts and (divided by 4) on the GCRA tolerance
 )
 
 // replyLen is the number of integers every script returns:

@@ -421,8 +421,8 @@ func (l *loader) rateLimit(a at, n *yaml.Node, path string) *Limit {
 	} else if burstField != nil {
 		l.errf(a, burstField.val, "rate_limit.burst", "only valid with algorithm %s", TokenBucket)
 	}
-	if !lim.Unlimited && lim.Window > 0 {
-		l.checkExact(a, n, lim)
+	if lim.Algorithm == TokenBucket && !lim.Unlimited && lim.Window > 0 {
+		l.checkBucket(a, n, lim)
 	}
 
 	for i, r := range lim.Replaces {
@@ -441,31 +441,21 @@ func (l *loader) rateLimit(a at, n *yaml.Node, path string) *Limit {
 const (
 	// MaxWindow is the longest window: 2^36 ms, about 795 days.
 	MaxWindow = (1 << 36) * time.Millisecond
-	// maxSlidingProduct bounds requests_per_unit times the window in milliseconds for
-	// sliding_window (for a one-day window, about 52 million requests).
-	maxSlidingProduct = 1 << 52
 	// maxBucketTolerance bounds the token bucket's burst times its emission interval, in
 	// microseconds.
 	maxBucketTolerance = 1 << 50
 )
 
-// checkExact reports a limit whose numbers lie outside the range the algorithm decides exactly.
-func (l *loader) checkExact(a at, n *yaml.Node, lim *Limit) {
-	ms := uint64(lim.Window.Milliseconds())
-	switch lim.Algorithm {
-	case SlidingWindow:
-		if uint64(lim.RequestsPerUnit)*ms > maxSlidingProduct {
-			l.errf(a, n, "rate_limit.requests_per_unit", "%d per %v is beyond what %s counts exactly (requests_per_unit x window in ms must be at most 2^52)", lim.RequestsPerUnit, lim.Window, SlidingWindow)
-		}
-	case TokenBucket:
-		if lim.RequestsPerUnit == 0 {
-			l.errf(a, n, "rate_limit.requests_per_unit", "must be at least 1 for %s (it is the refill rate)", TokenBucket)
-			return
-		}
-		interval := (ms*1000 + uint64(lim.RequestsPerUnit) - 1) / uint64(lim.RequestsPerUnit)
-		if interval*uint64(lim.Burst) > maxBucketTolerance {
-			l.errf(a, n, "rate_limit.burst", "a burst of %d at %d per %v is beyond what %s counts exactly (burst x window/requests_per_unit must be at most 2^50 us)", lim.Burst, lim.RequestsPerUnit, lim.Window, TokenBucket)
-		}
+// checkBucket reports a token bucket whose numbers lie outside the range it decides exactly.
+func (l *loader) checkBucket(a at, n *yaml.Node, lim *Limit) {
+	if lim.RequestsPerUnit == 0 {
+		l.errf(a, n, "rate_limit.requests_per_unit", "must be at least 1 for %s (it is the refill rate)", TokenBucket)
+		return
+	}
+	us := uint64(lim.Window.Microseconds())
+	interval := (us + uint64(lim.RequestsPerUnit) - 1) / uint64(lim.RequestsPerUnit)
+	if interval*uint64(lim.Burst) > maxBucketTolerance {
+		l.errf(a, n, "rate_limit.burst", "a burst of %d at %d per %v is beyond what %s counts exactly (burst x window/requests_per_unit must be at most 2^50 us)", lim.Burst, lim.RequestsPerUnit, lim.Window, TokenBucket)
 	}
 }
 
