@@ -26,7 +26,8 @@ func (s *Server) responseHeaders(verdicts []verdict, overall Grade) []*corev3.He
 	tightest := -1
 	for i := range verdicts {
 		v := &verdicts[i]
-		if !v.limited() {
+		// Shadow-mode limits are not enforced, so clients are not told about them.
+		if !v.limited() || v.limit.ShadowMode {
 			continue
 		}
 		if policy.Len() > 0 {
@@ -53,17 +54,20 @@ func (s *Server) responseHeaders(verdicts []verdict, overall Grade) []*corev3.He
 			tightest = i
 		}
 	}
-	hs := []*corev3.HeaderValue{
-		{Key: "RateLimit-Policy", Value: policy.String()},
-		{Key: "RateLimit", Value: state.String()},
+	var hs []*corev3.HeaderValue
+	if policy.Len() > 0 {
+		hs = append(hs,
+			&corev3.HeaderValue{Key: "RateLimit-Policy", Value: policy.String()},
+			&corev3.HeaderValue{Key: "RateLimit", Value: state.String()})
 	}
 	if overall == GradeOverLimit {
 		hs = append(hs, &corev3.HeaderValue{Key: "Retry-After", Value: strconv.FormatInt(max(ceilSeconds(retry), 1), 10)})
 	}
 	if s.headers.XRateLimit && tightest >= 0 {
 		v := &verdicts[tightest]
+		quota, _ := policyOf(v.limit)
 		hs = append(hs,
-			&corev3.HeaderValue{Key: "X-RateLimit-Limit", Value: strconv.FormatUint(uint64(v.limit.RequestsPerUnit), 10)},
+			&corev3.HeaderValue{Key: "X-RateLimit-Limit", Value: strconv.FormatInt(quota, 10)},
 			&corev3.HeaderValue{Key: "X-RateLimit-Remaining", Value: strconv.FormatInt(remainingOf(v), 10)},
 			&corev3.HeaderValue{Key: "X-RateLimit-Reset", Value: strconv.FormatInt(ceilSeconds(v.result.ResetAfter), 10)},
 		)
@@ -140,7 +144,8 @@ func metadata(verdicts []verdict, overall Grade) *structpb.Struct {
 			f["unlimited"] = structpb.NewBoolValue(true)
 		default:
 			f["limited"] = structpb.NewBoolValue(true)
-			f["limit"] = structpb.NewNumberValue(float64(v.limit.RequestsPerUnit))
+			quota, _ := policyOf(v.limit)
+			f["limit"] = structpb.NewNumberValue(float64(quota))
 			f["remaining"] = structpb.NewNumberValue(float64(remainingOf(v)))
 			f["reset_after_ms"] = structpb.NewNumberValue(float64(v.result.ResetAfter.Milliseconds()))
 			f["algorithm"] = structpb.NewStringValue(string(v.limit.Algorithm))

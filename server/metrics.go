@@ -12,6 +12,14 @@ type metrics struct {
 	storageErrors  *prometheus.CounterVec
 	reloads        *prometheus.CounterVec
 	rules          prometheus.Gauge
+	// storage holds the resolved series of each op ("decide", "refund"), so the hot path does
+	// no label lookup.
+	storage map[string]storageSeries
+}
+
+type storageSeries struct {
+	seconds prometheus.Observer
+	errors  prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -41,6 +49,10 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "ratelimitd_config_rules",
 			Help: "Descriptor rules carrying a rate_limit in the configuration in force.",
 		}),
+	}
+	m.storage = make(map[string]storageSeries)
+	for _, op := range []string{"decide", "refund"} {
+		m.storage[op] = storageSeries{m.storageSeconds.WithLabelValues(op), m.storageErrors.WithLabelValues(op)}
 	}
 	// Both results exist from the start, at zero, so alerts need no absent() guard.
 	m.reloads.WithLabelValues("ok")

@@ -184,6 +184,9 @@ func (s *Server) refund(ctx context.Context, domain string, calls []algorithms.R
 	if len(back) == 0 {
 		return
 	}
+	// The refund must happen even when the caller has gone: it runs on its own deadline.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.storageTimeout)
+	defer cancel()
 	results, err := s.decide(ctx, "refund", back)
 	if err != nil {
 		s.log.Warn("refund failed", zap.String("domain", domain), zap.Error(err))
@@ -210,13 +213,14 @@ func (s *Server) decide(ctx context.Context, op string, calls []algorithms.Reque
 	defer cancel()
 	start := time.Now()
 	results, err := s.decider.Decide(ctx, calls)
-	s.metrics.storageSeconds.WithLabelValues(op).Observe(time.Since(start).Seconds())
+	m := s.metrics.storage[op]
+	m.seconds.Observe(time.Since(start).Seconds())
 	if err != nil {
-		s.metrics.storageErrors.WithLabelValues(op).Inc()
+		m.errors.Inc()
 		return nil, err
 	}
 	if len(results) != len(calls) {
-		s.metrics.storageErrors.WithLabelValues(op).Inc()
+		m.errors.Inc()
 		return nil, fmt.Errorf("%d results for %d calls", len(results), len(calls))
 	}
 	return results, nil

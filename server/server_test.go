@@ -228,14 +228,33 @@ func TestAllOrNothing(t *testing.T) {
 		t.Errorf("tb after the refused request: remaining %d, want 1", got)
 	}
 
-	// count_rejected: the refused hit is counted, and its own admission is never refunded.
-	h.call(t, d("counted", "b"))
-	h.call(t, d("counted", "b"))
-	h.clock.Add(time.Minute)
-	h.call(t, d("counted", "c"), d("one", "c"))
+	// count_rejected: a descriptor admitted beside a refusal stays charged...
+	h.call(t, d("one", "c"))
 	resp = h.call(t, d("counted", "c"), d("one", "c"))
-	if resp.GetStatuses()[0].GetCode() != rlsv3.RateLimitResponse_OVER_LIMIT {
-		t.Errorf("counted after its one admission: %v, want OVER_LIMIT", resp.GetStatuses()[0].GetCode())
+	if st := resp.GetStatuses(); st[0].GetCode() != rlsv3.RateLimitResponse_OK || st[1].GetCode() != rlsv3.RateLimitResponse_OVER_LIMIT {
+		t.Fatalf("counted beside an exhausted limit: %v, want OK then OVER_LIMIT", st)
+	}
+	if got := h.call(t, d("counted", "c")).GetStatuses()[0].GetCode(); got != rlsv3.RateLimitResponse_OVER_LIMIT {
+		t.Errorf("counted after its admission beside a refusal: %v, want OVER_LIMIT (not refunded)", got)
+	}
+	// ...and its refused hits are counted: after one admitted and one refused hit, refunding
+	// one still leaves the limit of 1 spent.
+	refund := withHits(d("counted", "r"), 1)
+	refund.IsNegativeHits = true
+	h.call(t, d("counted", "r"))
+	h.call(t, d("counted", "r"))
+	h.call(t, refund)
+	if got := h.call(t, d("counted", "r")).GetStatuses()[0].GetCode(); got != rlsv3.RateLimitResponse_OVER_LIMIT {
+		t.Errorf("counted after 1 admitted, 1 refused and 1 refunded hit: %v, want OVER_LIMIT", got)
+	}
+	// Without count_rejected the same sequence leaves room again.
+	refund = withHits(d("one", "r"), 1)
+	refund.IsNegativeHits = true
+	h.call(t, d("one", "r"))
+	h.call(t, d("one", "r"))
+	h.call(t, refund)
+	if got := h.call(t, d("one", "r")).GetStatuses()[0].GetCode(); got != rlsv3.RateLimitResponse_OK {
+		t.Errorf("one after 1 admitted, 1 refused and 1 refunded hit: %v, want OK", got)
 	}
 
 	// Shadow mode: reported OK with the numbers, and the others are not refunded.
@@ -297,5 +316,21 @@ func TestOverrideOutOfRange(t *testing.T) {
 	}
 	if got := h.call(t, d("fw", "z")).GetStatuses()[0].GetLimitRemaining(); got != 3 {
 		t.Errorf("fw after the refused request: remaining %d, want 3 (nothing charged)", got)
+	}
+}
+
+// TestShadowLimitsStayOutOfHeaders: clients are not told about limits that are not enforced.
+func TestShadowLimitsStayOutOfHeaders(t *testing.T) {
+	h := newHarness(t, Options{Headers: HeaderOptions{XRateLimit: true}})
+	h.call(t, d("shadow", "h"))
+	got := headers(h.call(t, d("shadow", "h"), d("tb", "h")).GetResponseHeadersToAdd())
+	if want := `"d/tb";q=2;w=1`; got["RateLimit-Policy"] != want {
+		t.Errorf("RateLimit-Policy = %q, want only the enforced token bucket %q", got["RateLimit-Policy"], want)
+	}
+	if got["X-RateLimit-Limit"] != "2" || got["X-RateLimit-Remaining"] != "1" {
+		t.Errorf("X-RateLimit-Limit/Remaining = %q/%q, want the bucket's 2/1", got["X-RateLimit-Limit"], got["X-RateLimit-Remaining"])
+	}
+	if got := headers(h.call(t, d("shadow", "h")).GetResponseHeadersToAdd()); len(got) != 0 {
+		t.Errorf("headers for a shadow limit alone: %v, want none", got)
 	}
 }

@@ -196,7 +196,7 @@ func TestValidateCommand(t *testing.T) {
 				if err := os.WriteFile(filepath.Join(dir, filepath.Base(f)), b, 0o644); err != nil {
 					t.Fatal(err)
 				}
-				out, err := runBinary(t, "validate", dir)
+				out, err := runBinary(t, nil, "validate", dir)
 				switch {
 				case kind == "accept" && err != nil:
 					t.Errorf("validate exited with %v, want 0; output:\n%s", err, out)

@@ -7,7 +7,6 @@ import (
 	"io"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -287,35 +286,25 @@ func TestBadRequests(t *testing.T) {
 func TestHTTP(t *testing.T) {
 	s := startService(t, serviceOptions{configDir: "testdata/config"})
 	id := unique(t)
-	post := func(body string) (int, http.Header, string) {
-		t.Helper()
-		resp, err := http.Post("http://"+s.httpAddr+"/json", "application/json", strings.NewReader(body))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		return resp.StatusCode, resp.Header, string(b)
-	}
 	body := `{"domain":"grades","descriptors":[{"entries":[{"key":"gate","value":"` + id + `"}]}]}`
-	code, _, out := post(body)
+	code, _, out := s.postJSON(body)
 	if code != http.StatusOK || !strings.Contains(out, `"overallCode":"OK"`) {
 		t.Errorf("first /json: %d %s, want 200 with overallCode OK", code, out)
 	}
-	code, hdr, out := post(body)
+	code, hdr, out := s.postJSON(body)
 	if code != http.StatusTooManyRequests || !strings.Contains(out, "OVER_LIMIT") {
 		t.Errorf("second /json: %d %s, want 429 OVER_LIMIT", code, out)
 	}
 	if hdr.Get("Retry-After") == "" || hdr.Get("RateLimit-Policy") == "" {
 		t.Errorf("429 headers %v, want Retry-After and RateLimit-Policy", hdr)
 	}
-	if code, _, out := post(`{"domain":"","descriptors":[]}`); code != http.StatusBadRequest || !strings.Contains(out, "domain") {
+	if code, _, out := s.postJSON(`{"domain":"","descriptors":[]}`); code != http.StatusBadRequest || !strings.Contains(out, "domain") {
 		t.Errorf("empty domain: %d %s, want 400 naming domain", code, out)
 	}
-	if code, _, _ := post(`{"domain":`); code != http.StatusBadRequest {
+	if code, _, _ := s.postJSON(`{"domain":`); code != http.StatusBadRequest {
 		t.Errorf("malformed JSON: %d, want 400", code)
 	}
-	if code, _, _ := post(`{"domain":"shop","nosuchfield":1}`); code != http.StatusBadRequest {
+	if code, _, _ := s.postJSON(`{"domain":"shop","nosuchfield":1}`); code != http.StatusBadRequest {
 		t.Errorf("unknown field: %d, want 400", code)
 	}
 	if code, body := s.get("/healthz"); code != http.StatusOK {
@@ -449,7 +438,6 @@ func TestReload(t *testing.T) {
 			t.Errorf("the failed reload was logged %d times, want once with its cause", n)
 		}
 
-
 		// Fixed again, the file loads.
 		writeFile(t, file, limitConfig("reload", 8))
 		waitLimit(t, s, "reload", 8)
@@ -561,7 +549,7 @@ func TestRedisStopped(t *testing.T) {
 	if code, _ := s.get("/healthz"); code != http.StatusOK {
 		t.Errorf("/healthz with Redis down: %d, want 200 (alive)", code)
 	}
-	code, _ := s.postJSON(`{"domain":"shop","descriptors":[{"entries":[{"key":"user","value":"` + id + `"}]}]}`)
+	code, _, _ := s.postJSON(`{"domain":"shop","descriptors":[{"entries":[{"key":"user","value":"` + id + `"}]}]}`)
 	if code != http.StatusServiceUnavailable {
 		t.Errorf("/json with Redis down: %d, want 503", code)
 	}
@@ -585,15 +573,15 @@ func TestRedisStopped(t *testing.T) {
 	s.waitHTTP("/readyz", 10*time.Second)
 }
 
-// postJSON posts body to /json.
-func (s *service) postJSON(body string) (int, string) {
+// postJSON posts body to /json and returns the status, headers and body.
+func (s *service) postJSON(body string) (int, http.Header, string) {
 	resp, err := http.Post("http://"+s.httpAddr+"/json", "application/json", strings.NewReader(body))
 	if err != nil {
-		return 0, err.Error()
+		return 0, nil, err.Error()
 	}
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(b)
+	return resp.StatusCode, resp.Header, string(b)
 }
 
 // TestRedisDownAtStart: the service starts, is alive but not ready, and becomes ready when Redis
@@ -652,7 +640,7 @@ func TestEnvironmentAndExit(t *testing.T) {
 			if strings.Contains(c.name, "env") {
 				env = append(env, "RATELIMITD_STORAGE_TIMEOUT=soon")
 			}
-			out, err := runWithEnv(t, env, cmd...)
+			out, err := runBinary(t, env, cmd...)
 			if exitCode(err) == 0 {
 				t.Fatalf("exit 0, want a failure; output:\n%s", out)
 			}
@@ -661,14 +649,4 @@ func TestEnvironmentAndExit(t *testing.T) {
 			}
 		})
 	}
-}
-
-func runWithEnv(t *testing.T, env []string, args ...string) (string, error) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, binary, args...)
-	cmd.Env = append(os.Environ(), env...)
-	out, err := cmd.CombinedOutput()
-	return string(out), err
 }

@@ -219,12 +219,15 @@ func backends() []backend {
 	}
 }
 
-// runBinary runs ratelimitd with args to completion and returns its combined output.
-func runBinary(t *testing.T, args ...string) (string, error) {
+// runBinary runs ratelimitd with args (and extra environment) to completion and returns its
+// combined output.
+func runBinary(t *testing.T, env []string, args ...string) (string, error) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	out, err := exec.CommandContext(ctx, binary, args...).CombinedOutput()
+	cmd := exec.CommandContext(ctx, binary, args...)
+	cmd.Env = append(os.Environ(), env...)
+	out, err := cmd.CombinedOutput()
 	return string(out), err
 }
 
