@@ -650,3 +650,37 @@ func TestEnvironmentAndExit(t *testing.T) {
 		})
 	}
 }
+
+// TestRedisStalled: a Redis that accepts requests but stops answering (a stalled proxy in
+// front of it) costs a request at most its deadline minus the margin: the answer is
+// UNAVAILABLE, not the caller's own DEADLINE_EXCEEDED. When Redis answers again, so does the
+// service.
+func TestRedisStalled(t *testing.T) {
+	rs := redisserver.Start(t)
+	p := startProxy(t, rs.Addr)
+	s := startService(t, serviceOptions{configDir: "testdata/config", redisURL: "redis://" + p.Addr + "/0", args: []string{"-deadline-margin", "50ms"}})
+	id := unique(t)
+	s.mustCall(request("shop", desc("user", id)))
+
+	p.stall()
+	for i := 0; i < 3; i++ {
+		ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+		_, err := s.client.ShouldRateLimit(ctx, request("shop", desc("user", id)))
+		cancel()
+		if status.Code(err) != codes.Unavailable {
+			t.Fatalf("call %d with Redis stalled: %v, want UNAVAILABLE before the caller's deadline", i, err)
+		}
+	}
+	p.unstall()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		_, err := s.call(request("shop", desc("user", id)))
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no recovery within 10s of Redis answering again: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
