@@ -2,6 +2,8 @@ package config
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -36,6 +38,7 @@ func Load(dir string) (*Set, error) {
 		set:      &Set{domains: map[string]*node{}},
 		domainAt: map[string]string{},
 	}
+	digest := sha256.New()
 	for _, e := range entries {
 		name := e.Name()
 		if strings.HasPrefix(name, ".") {
@@ -58,6 +61,10 @@ func Load(dir string) (*Set, error) {
 			l.errs = append(l.errs, &problem{file: name, msg: err.Error()})
 			continue
 		}
+		digest.Write([]byte(name))
+		digest.Write([]byte{0})
+		digest.Write(data)
+		digest.Write([]byte{0})
 		l.file(name, data)
 	}
 	if len(l.errs) > 0 {
@@ -67,6 +74,7 @@ func Load(dir string) (*Set, error) {
 		l.set.names = append(l.set.names, d)
 	}
 	slices.Sort(l.set.names)
+	l.set.digest = hex.EncodeToString(digest.Sum(nil))
 	return l.set, nil
 }
 

@@ -13,7 +13,12 @@ type Set struct {
 	domains map[string]*node
 	names   []string // sorted
 	rules   int
+	digest  string
 }
+
+// Digest identifies the files a Set was loaded from (their names and contents): two loads of
+// unchanged files have the same digest.
+func (s *Set) Digest() string { return s.digest }
 
 // node is one descriptor of the tree; the root of a domain is a node without a limit.
 type node struct {

@@ -37,9 +37,10 @@ type WatchOptions struct {
 // change, then calls OnLoad with the new Set or OnError with the problems (every failed
 // reload is reported; callers that log may want to skip repeats). When the directory itself
 // is removed or renamed away, Watch reports it once and looks for it again every second; when
-// it is back, Watch loads it and watches it as before. It does not load the directory when it
-// starts (the caller loads it first). OnLoad and OnError are called from Watch's goroutine, one
-// at a time, and must not block for long.
+// it is back, Watch loads it and watches it as before. It also loads the directory once as soon
+// as it watches it, so that a change made after the caller's own first load is not missed;
+// callers compare Set.Digest to skip a set they already have. OnLoad and OnError are called
+// from Watch's goroutine, one at a time, and must not block for long.
 //
 // Watch blocks until ctx is done and then returns nil, having ended everything it started; it
 // returns an error at once if the watch cannot be set up.
@@ -80,8 +81,9 @@ func watch(ctx context.Context, opts WatchOptions, ready func()) error {
 	// lost is set while the directory itself is gone: the timer then polls for it.
 	lost := false
 	const poll = time.Second
-	timer := time.NewTimer(debounce)
-	timer.Stop()
+	// Load once as soon as the directory is watched: a change between the caller's own load
+	// and the watch is not missed (OnLoad then sees the same Digest when nothing changed).
+	timer := time.NewTimer(0)
 	defer timer.Stop()
 	for {
 		select {

@@ -262,3 +262,33 @@ func TestWatchReturnsWhenDone(t *testing.T) {
 		t.Errorf("Watch: got %v, want nil", err)
 	}
 }
+
+// TestWatchLoadsOnceAtStart: a change made between the caller's first load and the watch is
+// not missed, and an unchanged directory loads with the same digest.
+func TestWatchLoadsOnceAtStart(t *testing.T) {
+	verifyNoLeaks(t)
+	dir := t.TempDir()
+	writeFile(t, filepath.Join(dir, "a.yaml"), config("a", 1))
+	first, err := Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := startWatch(t, dir)
+	select {
+	case s := <-w.loads:
+		if s.Digest() != first.Digest() {
+			t.Errorf("digest of the unchanged directory %s, want %s", s.Digest(), first.Digest())
+		}
+	case <-time.After(watchTimeout):
+		t.Fatal("no load when the watch started")
+	}
+	writeFile(t, filepath.Join(dir, "a.yaml"), config("a", 2))
+	w.waitLoad(t, "a=2")
+	again, err := Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if again.Digest() == first.Digest() {
+		t.Errorf("the digest did not change with the file")
+	}
+}

@@ -6,8 +6,8 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	neturl "net/url"
-	"time"
+	"strings"
+	"sync"
 
 	"github.com/redis/go-redis/v9"
 )
@@ -109,8 +109,45 @@ func (r *Redis) Run(ctx context.Context, calls []ScriptCall) ([]any, error) {
 	return replies, nil
 }
 
-// Ping checks that Redis answers; with a cluster or ring, that the node the client picks does.
+// Ping checks that the deployment answers: every shard a ring counts as up (and at least one
+// is), every primary of a cluster with the cluster's state ok, or the single server or
+// sentinel-managed primary. The error names the server that failed.
 func (r *Redis) Ping(ctx context.Context) error {
+	switch c := r.client.(type) {
+	case *redis.Ring:
+		if c.Len() == 0 {
+			return errors.New("ping redis: no shard of the ring is up")
+		}
+		return c.ForEachShard(ctx, func(ctx context.Context, s *redis.Client) error {
+			if err := s.Ping(ctx).Err(); err != nil {
+				return fmt.Errorf("ping redis shard %s: %w", s.Options().Addr, err)
+			}
+			return nil
+		})
+	case *redis.ClusterClient:
+		masters := 0
+		var mu sync.Mutex
+		err := c.ForEachMaster(ctx, func(ctx context.Context, n *redis.Client) error {
+			info, err := n.ClusterInfo(ctx).Result()
+			if err != nil {
+				return fmt.Errorf("ping redis cluster node %s: %w", n.Options().Addr, err)
+			}
+			if !strings.Contains(info, "cluster_state:ok") {
+				return fmt.Errorf("redis cluster node %s: cluster_state is not ok", n.Options().Addr)
+			}
+			mu.Lock()
+			masters++
+			mu.Unlock()
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		if masters == 0 {
+			return errors.New("ping redis cluster: no primary known")
+		}
+		return nil
+	}
 	if err := r.client.Ping(ctx).Err(); err != nil {
 		return fmt.Errorf("ping redis: %w", err)
 	}
@@ -119,31 +156,4 @@ func (r *Redis) Ping(ctx context.Context) error {
 
 func isNoScript(err error) bool {
 	return err != nil && redis.HasErrorPrefix(err, "NOSCRIPT")
-}
-
-// NewClient returns a client for a redis:// or rediss:// URL (see redis.ParseURL for the
-// query options). Whatever the URL says, the client honours context deadlines
-// (ContextTimeoutEnabled), so a dead or stalled Redis cannot hold a request past its deadline,
-// and it never retries a command: a rate-limit decision that may have run must not run twice.
-// The dial timeout is 1s unless the URL sets dial_timeout, and a failed dial is not retried
-// (the next request dials again).
-func NewClient(url string) (redis.UniversalClient, error) {
-	opt, err := redis.ParseURL(url)
-	if err != nil {
-		// The parser's message quotes the URL, password included: keep only its reason.
-		var uerr *neturl.Error
-		if errors.As(err, &uerr) {
-			err = uerr.Err
-		}
-		return nil, fmt.Errorf("parse redis url: %w", err)
-	}
-	opt.ContextTimeoutEnabled = true
-	opt.MaxRetries = -1 // go-redis reads 0 as "the default, 3"; -1 means none.
-	if opt.DialTimeout == 0 {
-		opt.DialTimeout = time.Second
-	}
-	if opt.DialerRetries == 0 {
-		opt.DialerRetries = 1 // one attempt per dial, not 5 with backoff: fail fast when down
-	}
-	return redis.NewClient(opt), nil
 }

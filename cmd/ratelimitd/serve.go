@@ -33,7 +33,7 @@ type serveFlags struct {
 	configDir       string
 	grpcAddr        string
 	httpAddr        string
-	redisURL        string
+	redis           redisFlags
 	keyPrefix       string
 	storageTimeout  time.Duration
 	deadlineMargin  time.Duration
@@ -41,6 +41,7 @@ type serveFlags struct {
 	nearLimitHeader string
 	logLevel        string
 	shutdownTimeout time.Duration
+	overLimitCache  int // -overlimit-cache-size
 	// known lists the environment variables of serve's flags.
 	known map[string]bool
 }
@@ -53,7 +54,7 @@ func parseServeFlags(args []string, stderr io.Writer) (serveFlags, error) {
 	fs.StringVar(&f.configDir, "config", "", "directory of descriptor YAML files (required); reloaded when it changes")
 	fs.StringVar(&f.grpcAddr, "grpc-addr", "127.0.0.1:8081", "gRPC listen address (Envoy rate-limit API, health, reflection)")
 	fs.StringVar(&f.httpAddr, "http-addr", "127.0.0.1:8080", "HTTP listen address (/json, /healthz, /readyz, /metrics)")
-	fs.StringVar(&f.redisURL, "redis-url", "", "Redis URL (redis://[user:password@]host:port/db or rediss:// for TLS); empty: in-memory store, one replica only")
+	f.redis.register(fs)
 	fs.StringVar(&f.keyPrefix, "key-prefix", "ratelimitd:", "prefix of every storage key")
 	durationFlag(fs, &f.storageTimeout, "storage-timeout", time.Second, "bound of a storage call when the caller sets no deadline")
 	durationFlag(fs, &f.deadlineMargin, "deadline-margin", 5*time.Millisecond, "time kept back from the caller's deadline to answer UNAVAILABLE before it expires")
@@ -61,6 +62,7 @@ func parseServeFlags(args []string, stderr io.Writer) (serveFlags, error) {
 	fs.StringVar(&f.nearLimitHeader, "near-limit-header", "x-ratelimit-grade: near-limit", `request header added for the upstream when a request is admitted near its limit ("name: value", or "-" for none)`)
 	fs.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	durationFlag(fs, &f.shutdownTimeout, "shutdown-timeout", 10*time.Second, "how long in-flight requests may finish on SIGINT/SIGTERM")
+	fs.IntVar(&f.overLimitCache, "overlimit-cache-size", 0, "number of over-limit keys remembered in the process, refused without a storage call until their retry-after ends (0: off)")
 	if err := parseWithEnv(fs, args, os.LookupEnv); err != nil {
 		return f, err
 	}
@@ -78,6 +80,11 @@ func parseServeFlags(args []string, stderr io.Writer) (serveFlags, error) {
 		return f, errors.New("-storage-timeout: must be positive")
 	case f.deadlineMargin < 0:
 		return f, errors.New("-deadline-margin: must not be negative")
+	case f.overLimitCache < 0:
+		return f, errors.New("-overlimit-cache-size: must not be negative (0 turns the cache off)")
+	}
+	if err := f.redis.check(); err != nil {
+		return f, err
 	}
 	return f, nil
 }
@@ -128,7 +135,7 @@ func runServer(ctx context.Context, f serveFlags, log *zap.Logger) error {
 	if err != nil {
 		return fmt.Errorf("-config: %w", err)
 	}
-	decider, pinger, closeStore, err := openStore(f.redisURL, log)
+	decider, pinger, closeStore, err := openStore(f.redis, log)
 	if err != nil {
 		return err
 	}
@@ -136,6 +143,9 @@ func runServer(ctx context.Context, f serveFlags, log *zap.Logger) error {
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	if f.overLimitCache > 0 {
+		decider = withOverLimitCache(decider, f.overLimitCache, reg, log)
+	}
 	headers := server.HeaderOptions{XRateLimit: f.xRateLimit}
 	headers.NearLimitName, headers.NearLimitValue = splitHeader(f.nearLimitHeader)
 	srv := server.New(server.Options{
@@ -185,7 +195,7 @@ func runServer(ctx context.Context, f serveFlags, log *zap.Logger) error {
 			errc <- fmt.Errorf("http: %w", err)
 		}
 	})
-	wg.Go(func() { watchConfig(ctx, f.configDir, srv, log) })
+	wg.Go(func() { watchConfig(ctx, f.configDir, set.Digest(), srv, log) })
 	wg.Go(func() { trackHealth(ctx, srv, hs) })
 	log.Info("serving", zap.String("grpc", grpcLis.Addr().String()), zap.String("http", httpLis.Addr().String()))
 
@@ -224,35 +234,57 @@ func (l redisLogger) Printf(_ context.Context, format string, v ...any) {
 	l.log.Debugf(format, v...)
 }
 
-// openStore connects the store named by the flags: Redis when a URL is given, else the
-// in-memory store.
-func openStore(redisURL string, log *zap.Logger) (algorithms.Decider, server.Pinger, func(), error) {
-	if redisURL == "" {
-		log.Warn("no -redis-url: using the in-memory store; state is local to this process, so run a single replica only")
+// openStore connects the store named by the flags: Redis when a topology is given, else the
+// in-memory store. Redis that does not answer yet is not an error: readiness reports it.
+func openStore(rf redisFlags, log *zap.Logger) (algorithms.Decider, server.Pinger, func(), error) {
+	if !rf.any() {
+		log.Warn("no Redis topology (-redis-url, -redis-shards, -redis-cluster or -redis-sentinel): using the in-memory store; state is local to this process, so run a single replica only")
 		d := algorithms.NewMemory(storage.NewMemory(storage.MemoryOptions{}))
 		return d, d, func() {}, nil
 	}
-	client, err := storage.NewClient(redisURL)
+	opts, err := rf.options()
 	if err != nil {
-		return nil, nil, nil, fmt.Errorf("-redis-url: %w", err)
+		return nil, nil, nil, err
+	}
+	shardLog := log.Named("redis")
+	opts.OnShardHealth = func(addr string, err error) {
+		if err != nil {
+			shardLog.Warn("redis shard stopped answering; the ring drops it after 3 failed checks and its keys move to the other shards", zap.String("shard", addr), zap.Error(err))
+			return
+		}
+		shardLog.Info("redis shard answers; it is in the ring and its keys are back on it", zap.String("shard", addr))
+	}
+	client, err := storage.Open(opts)
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("%s: %w", rf.topologyFlag(), err)
 	}
 	d := algorithms.NewRedis(storage.NewRedis(client))
+	log.Info("redis", rf.describe()...)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	if err := d.Ping(ctx); err != nil {
-		log.Warn("redis does not answer yet; not ready until it does", zap.Error(err))
+		if isAuthError(err) {
+			log.Error("redis refused the credentials (check -redis-username, -redis-password or the URL's user:password); not ready until it accepts them", zap.Error(err))
+		} else {
+			log.Warn("redis does not answer yet; not ready until it does", zap.Error(err))
+		}
 	}
 	return d, d, func() { _ = client.Close() }, nil
 }
 
-// watchConfig reloads the configuration when its directory changes, until ctx ends. Every
-// failed reload is counted; a failure is logged once, until it changes or a reload succeeds.
-func watchConfig(ctx context.Context, dir string, srv *server.Server, log *zap.Logger) {
+// watchConfig reloads the configuration when its directory changes, until ctx ends. digest
+// is that of the set in force; a load of the same files changes nothing. Every failed reload
+// is counted; a failure is logged once, until it changes or a reload succeeds.
+func watchConfig(ctx context.Context, dir, digest string, srv *server.Server, log *zap.Logger) {
 	lastFailure := ""
 	err := config.Watch(ctx, config.WatchOptions{
 		Dir: dir,
 		OnLoad: func(set *config.Set) {
 			lastFailure = ""
+			if set.Digest() == digest {
+				return // the files in force, loaded again
+			}
+			digest = set.Digest()
 			srv.SetRules(set)
 			srv.Reloaded()
 			log.Info("configuration reloaded", zap.Strings("domains", set.Domains()), zap.Int("rules", set.RuleCount()))

@@ -7,6 +7,7 @@ package redisserver
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"fmt"
 	"net"
 	"os/exec"
@@ -22,7 +23,11 @@ type Server struct {
 	Addr string
 	port int
 	dir  string
+	// lead are arguments before the defaults (a config file, --sentinel); args come after.
+	lead []string
 	args []string
+	// tls is set for a server that listens for TLS only; ping then speaks TLS.
+	tls  *tls.Config
 	cmd  *exec.Cmd
 	done chan struct{}
 }
@@ -31,14 +36,47 @@ type Server struct {
 // example "--requirepass", "secret") and stops it when the test ends.
 func Start(t testing.TB, args ...string) *Server {
 	t.Helper()
-	if _, err := exec.LookPath("redis-server"); err != nil {
-		t.Fatalf("redis-server is not installed (apt-get install redis-server): %v", err)
-	}
-	s := &Server{t: t, port: FreePort(t), dir: t.TempDir(), args: args}
-	s.Addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(s.port))
+	s := newServer(t)
+	s.args = args
 	s.start()
+	return s
+}
+
+// newServer prepares a server on a free port, stopped when the test ends; start starts it.
+func newServer(t testing.TB) *Server {
+	t.Helper()
+	mustHave(t, "redis-server", "redis-server")
+	s := &Server{t: t, port: FreePort(t), dir: t.TempDir()}
+	s.Addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(s.port))
 	t.Cleanup(s.Stop)
 	return s
+}
+
+// mustHave fails the test when a program is not installed.
+func mustHave(t testing.TB, program, pkg string) {
+	t.Helper()
+	if _, err := exec.LookPath(program); err != nil {
+		t.Fatalf("%s is not installed (apt-get install %s): %v", program, pkg, err)
+	}
+}
+
+// StartN starts n servers with the same extra arguments.
+func StartN(t testing.TB, n int, args ...string) []*Server {
+	t.Helper()
+	out := make([]*Server, n)
+	for i := range out {
+		out[i] = Start(t, args...)
+	}
+	return out
+}
+
+// Addrs lists the servers' addresses.
+func Addrs(servers []*Server) []string {
+	out := make([]string, len(servers))
+	for i, s := range servers {
+		out[i] = s.Addr
+	}
+	return out
 }
 
 // URL is the redis:// URL of the server's database 0.
@@ -46,10 +84,14 @@ func (s *Server) URL() string { return "redis://" + s.Addr + "/0" }
 
 func (s *Server) start() {
 	s.t.Helper()
-	args := append([]string{
-		"--port", strconv.Itoa(s.port), "--bind", "127.0.0.1", "--dir", s.dir,
+	port := strconv.Itoa(s.port)
+	if s.tls != nil {
+		port = "0" // TLS only: the TLS port is in args
+	}
+	args := append(append(append([]string{}, s.lead...),
+		"--port", port, "--bind", "127.0.0.1", "--dir", s.dir,
 		"--save", "", "--appendonly", "no", "--protected-mode", "no",
-	}, s.args...)
+	), s.args...)
 	s.cmd = exec.Command("redis-server", args...)
 	if err := s.cmd.Start(); err != nil {
 		s.t.Fatalf("start redis-server: %v", err)
@@ -75,7 +117,14 @@ func (s *Server) start() {
 
 // ping sends an inline PING and expects +PONG (or -NOAUTH, which also proves it is up).
 func (s *Server) ping() error {
-	conn, err := net.DialTimeout("tcp", s.Addr, time.Second)
+	d := &net.Dialer{Timeout: time.Second}
+	var conn net.Conn
+	var err error
+	if s.tls != nil {
+		conn, err = tls.DialWithDialer(d, "tcp", s.Addr, s.tls)
+	} else {
+		conn, err = d.Dial("tcp", s.Addr)
+	}
 	if err != nil {
 		return err
 	}
