@@ -135,7 +135,7 @@ func runServer(ctx context.Context, f serveFlags, log *zap.Logger) error {
 	if err != nil {
 		return fmt.Errorf("-config: %w", err)
 	}
-	decider, pinger, closeStore, err := openStore(f.redis, log)
+	decider, pinger, closeStore, err := openStore(ctx, f.redis, log)
 	if err != nil {
 		return err
 	}
@@ -236,7 +236,7 @@ func (l redisLogger) Printf(_ context.Context, format string, v ...any) {
 
 // openStore connects the store named by the flags: Redis when a topology is given, else the
 // in-memory store. Redis that does not answer yet is not an error: readiness reports it.
-func openStore(rf redisFlags, log *zap.Logger) (algorithms.Decider, server.Pinger, func(), error) {
+func openStore(ctx context.Context, rf redisFlags, log *zap.Logger) (algorithms.Decider, server.Pinger, func(), error) {
 	if !rf.any() {
 		log.Warn("no Redis topology (-redis-url, -redis-shards, -redis-cluster or -redis-sentinel): using the in-memory store; state is local to this process, so run a single replica only")
 		d := algorithms.NewMemory(storage.NewMemory(storage.MemoryOptions{}))
@@ -260,7 +260,7 @@ func openStore(rf redisFlags, log *zap.Logger) (algorithms.Decider, server.Pinge
 	}
 	d := algorithms.NewRedis(storage.NewRedis(client))
 	log.Info("redis", rf.describe()...)
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
 	if err := d.Ping(ctx); err != nil {
 		if isAuthError(err) {
