@@ -19,6 +19,8 @@ const (
 	FixedWindow   Name = "fixed_window"
 	SlidingWindow Name = "sliding_window"
 	TokenBucket   Name = "token_bucket"
+	Priority      Name = "priority"
+	FairShare     Name = "fair_share"
 )
 
 // Request is one decision for one key.
@@ -36,6 +38,18 @@ type Request struct {
 	Hits int64
 	// CountRejected charges refused hits too (envoyproxy/ratelimit's behaviour).
 	CountRejected bool
+
+	// Share is, for priority, the part of Limit the request's class may fill, in millionths
+	// (0 to ShareUnit; 0 means ShareUnit, the whole capacity). The key is the same for every
+	// class of a rule. Other algorithms ignore it.
+	Share int64
+	// Member is, for fair_share, the tenant (any string); other algorithms ignore it.
+	Member string
+	// Weight is, for fair_share, the tenant's weight (0 to MaxWeight; 0 means 1).
+	Weight int64
+	// IdleTimeout is, for fair_share, how long a tenant stays active after its last request;
+	// 0 means Window.
+	IdleTimeout time.Duration
 }
 
 // Result is the answer for one Request.
@@ -54,6 +68,9 @@ type Result struct {
 	RetryAfter time.Duration
 	// Never reports that the hits exceed the capacity and can never be admitted.
 	Never bool
+	// Shed reports, for priority and fair_share, a refusal while capacity remains: kept for
+	// higher classes, or for tenants below their fair share. Never set when Allowed or Never.
+	Shed bool
 }
 
 // Decider runs a batch of decisions. Results are in the order of the requests. An error means

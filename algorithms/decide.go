@@ -20,13 +20,16 @@ const (
 )
 
 // replyLen is the number of integers every script returns:
-// {allowed (0/1), remaining, limit, reset_after_ms, retry_after_ms}.
+// {allowed (0/1), remaining, limit, reset_after_ms, retry_after_ms}. The priority and
+// fair_share scripts append a sixth, shed (0/1).
 const replyLen = 5
 
-// reply is a decision as the scripts return it, and as the twins compute it.
-type reply [replyLen]int64
+// reply is a decision as the scripts return it, and as the twins compute it; the last element
+// (shed) is 0 for the algorithms that return replyLen integers.
+type reply [replyLen + 1]int64
 
-// argCount is the number of ARGV every script takes.
+// argCount is the number of ARGV every script takes; an algorithm may append its own (see
+// algorithm.args).
 const argCount = 5
 
 // params are a Request's numbers as the scripts receive them (ARGV, in this order).
@@ -37,6 +40,13 @@ type params struct {
 	hits     int64
 	// countRejected is 1 to charge refused hits, else 0.
 	countRejected int64
+
+	// The priority class's share (millionths) and the capacity it gives (filled in by check).
+	share, capacity int64
+	// The fair_share tenant, its weight and idle timeout.
+	member string
+	weight int64
+	idleMs int64
 }
 
 // algorithm is one algorithm: its script and its native twin.
@@ -47,13 +57,24 @@ type algorithm struct {
 	// check rejects parameters outside the range where the arithmetic is exact, and fills
 	// in defaults.
 	check func(p params) (params, error)
+	// replyLen is the length of the script's reply: replyLen + 1 for a script that appends
+	// shed; 0 means replyLen.
+	replyLen int
+	// keys are the suffixes of the keys the script takes after the request's key (KEYS[2],
+	// ...); they keep its hash tag.
+	keys []string
+	// args returns the script's ARGV after the argCount common ones; nil for none.
+	args func(p params) []any
 	// twin is the script in Go: it decides at nowUs (Unix microseconds) on state (nil when
 	// empty) and returns the reply and the next state with its TTL (nil or <= 0 deletes).
 	twin func(nowUs int64, state []int64, p params) (r reply, next []int64, ttl time.Duration)
 }
 
 // algorithmCount is the number of algorithms; ids index RedisDecider.scripts.
-const algorithmCount = 3
+const algorithmCount = 5
+
+// all lists every algorithm.
+var all = [algorithmCount]*algorithm{&fixedWindow, &slidingWindow, &tokenBucket, &priority, &fairShare}
 
 func lookup(n Name) (*algorithm, bool) {
 	switch n {
@@ -63,6 +84,10 @@ func lookup(n Name) (*algorithm, bool) {
 		return &slidingWindow, true
 	case TokenBucket:
 		return &tokenBucket, true
+	case Priority:
+		return &priority, true
+	case FairShare:
+		return &fairShare, true
 	}
 	return nil, false
 }
@@ -98,6 +123,10 @@ func prepare(req *Request) (*algorithm, params, error) {
 		windowMs: req.Window.Milliseconds(),
 		burst:    req.Burst,
 		hits:     req.Hits,
+		share:    req.Share,
+		member:   req.Member,
+		weight:   req.Weight,
+		idleMs:   req.IdleTimeout.Milliseconds(),
 	}
 	if req.CountRejected {
 		p.countRejected = 1
@@ -118,33 +147,38 @@ func (r *reply) result(hits int64) Result {
 		Limit:      r[2],
 		ResetAfter: time.Duration(r[3]) * time.Millisecond,
 		RetryAfter: time.Duration(r[4]) * time.Millisecond,
+		Shed:       r[5] == 1 && r[0] == 0,
 	}
 	if !res.Allowed && hits > res.Limit {
 		res.Never = true
 		res.RetryAfter = 0
+		res.Shed = false
 	}
 	return res
 }
 
 var errMalformed = errors.New("malformed reply")
 
-// decodeReply checks a raw script reply: exactly replyLen integers, allowed 0 or 1, the
+// decodeReply checks a raw script reply of replyLen integers.
+func decodeReply(raw any) (reply, error) { return decodeReplyLen(raw, replyLen) }
+
+// decodeReplyLen checks a raw script reply: exactly n integers, allowed (and shed) 0 or 1, the
 // others non-negative.
-func decodeReply(raw any) (reply, error) {
+func decodeReplyLen(raw any, n int) (reply, error) {
 	var r reply
 	vals, ok := raw.([]any)
 	if !ok {
 		return r, fmt.Errorf("%w: %T, want an array", errMalformed, raw)
 	}
-	if len(vals) != replyLen {
-		return r, fmt.Errorf("%w: %d elements, want %d", errMalformed, len(vals), replyLen)
+	if len(vals) != n {
+		return r, fmt.Errorf("%w: %d elements, want %d", errMalformed, len(vals), n)
 	}
 	for i, v := range vals {
 		n, ok := v.(int64)
 		if !ok {
 			return r, fmt.Errorf("%w: element %d is %T, want an integer", errMalformed, i, v)
 		}
-		if n < 0 || (i == 0 && n > 1) {
+		if n < 0 || ((i == 0 || i == replyLen) && n > 1) {
 			return r, fmt.Errorf("%w: element %d is %d", errMalformed, i, n)
 		}
 		r[i] = n
@@ -163,7 +197,7 @@ type RedisDecider struct {
 // NewRedis returns a Decider on r.
 func NewRedis(r *storage.Redis) *RedisDecider {
 	d := &RedisDecider{store: r}
-	for _, a := range []*algorithm{&fixedWindow, &slidingWindow, &tokenBucket} {
+	for _, a := range all {
 		d.scripts[a.id] = a.script
 	}
 	return d
@@ -177,15 +211,24 @@ func (d *RedisDecider) Decide(ctx context.Context, reqs []Request) ([]Result, er
 	calls := make([]storage.ScriptCall, len(reqs))
 	keys := make([]string, len(reqs))
 	args := make([]any, len(reqs)*argCount)
+	algs := make([]*algorithm, len(reqs))
 	for i := range reqs {
 		a, p, err := prepare(&reqs[i])
 		if err != nil {
 			return nil, fmt.Errorf("request %d: %w", i, err)
 		}
+		algs[i] = a
 		keys[i] = reqs[i].Key
 		argv := args[i*argCount : (i+1)*argCount : (i+1)*argCount]
 		argv[0], argv[1], argv[2], argv[3], argv[4] = p.limit, p.windowMs, p.burst, p.hits, p.countRejected
-		calls[i] = storage.ScriptCall{Script: d.scripts[a.id], Keys: keys[i : i+1 : i+1], Args: argv}
+		k := keys[i : i+1 : i+1]
+		for _, suffix := range a.keys {
+			k = append(k, reqs[i].Key+suffix)
+		}
+		if a.args != nil {
+			argv = append(argv, a.args(p)...)
+		}
+		calls[i] = storage.ScriptCall{Script: d.scripts[a.id], Keys: k, Args: argv}
 	}
 	replies, err := d.store.Run(ctx, calls)
 	if err != nil {
@@ -193,7 +236,7 @@ func (d *RedisDecider) Decide(ctx context.Context, reqs []Request) ([]Result, er
 	}
 	results := make([]Result, len(reqs))
 	for i, raw := range replies {
-		r, err := decodeReply(raw)
+		r, err := decodeReplyLen(raw, max(algs[i].replyLen, replyLen))
 		if err != nil {
 			return nil, fmt.Errorf("decide request %d (%s): %w", i, reqs[i].Algorithm, err)
 		}

@@ -54,7 +54,14 @@ const (
 	FixedWindow   Algorithm = "fixed_window"
 	SlidingWindow Algorithm = "sliding_window"
 	TokenBucket   Algorithm = "token_bucket"
+	Priority      Algorithm = "priority"
+	FairShare     Algorithm = "fair_share"
 )
+
+// Shared reports whether the algorithm makes every value of the rule's last descriptor entry
+// share one capacity: the value names a priority class or a fair_share tenant, and is left out
+// of the counter key.
+func (a Algorithm) Shared() bool { return a == Priority || a == FairShare }
 
 // DefaultNearLimitRatio is the share of a limit at and above which an admitted request is
 // graded near limit.
@@ -90,6 +97,60 @@ type Limit struct {
 	DetailedMetric bool
 	// Replaces lists the names of limits this one replaces within a request.
 	Replaces []string
+	// Priority holds the classes of a priority rule; nil for other algorithms.
+	Priority *PrioritySettings
+	// FairShare holds the settings of a fair_share rule; nil for other algorithms.
+	FairShare *FairShareSettings
+}
+
+// ShareUnit is a whole share: shares are counted in millionths.
+const ShareUnit = 1_000_000
+
+// Class is one class of a priority rule.
+type Class struct {
+	Name string
+	// Share is the part of the capacity the class may fill, in millionths (1 to ShareUnit).
+	Share int64
+}
+
+// PrioritySettings are the classes of a priority rule: one capacity of RequestsPerUnit per
+// window, which a request of a class may fill up to the class's share.
+type PrioritySettings struct {
+	// Classes are ordered, most important first; shares never increase down the list.
+	Classes []Class
+	// Default is the index in Classes of the class of a request whose value names no class.
+	Default int
+}
+
+// Class returns the class named value, or the default class when value names none (an empty
+// value included). It does not allocate.
+func (p *PrioritySettings) Class(value string) Class {
+	for _, c := range p.Classes {
+		if c.Name == value {
+			return c
+		}
+	}
+	return p.Classes[p.Default]
+}
+
+// MaxWeight is the largest fair_share weight.
+const MaxWeight = 1000
+
+// FairShareSettings are the settings of a fair_share rule: a pool of RequestsPerUnit per
+// window shared by the tenants active in it.
+type FairShareSettings struct {
+	// IdleTimeout is how long a tenant stays active after its last request; Window unless set.
+	IdleTimeout time.Duration
+	// Weights are the tenants' weights (1 to MaxWeight); a tenant not listed weighs 1.
+	Weights map[string]int64
+}
+
+// Weight returns the weight of tenant.
+func (f *FairShareSettings) Weight(tenant string) int64 {
+	if w, ok := f.Weights[tenant]; ok {
+		return w
+	}
+	return 1
 }
 
 // Entry is one key/value pair of a request descriptor. Envoy's

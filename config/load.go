@@ -310,6 +310,9 @@ func (l *loader) descriptors(a at, prefix, path string, list *yaml.Node, parent 
 		if f, has := fields.get("descriptors"); has {
 			rules += l.descriptors(ia, ia.where+" > ", path+"/"+segment, f.val, n)
 		}
+		if n.limit != nil && n.limit.Algorithm.Shared() {
+			l.checkShared(ia, item, fields, value, n)
+		}
 		if ok {
 			parent.add(key, value, n)
 		}
@@ -350,7 +353,7 @@ func (l *loader) rateLimit(a at, n *yaml.Node, path string) *Limit {
 	before := len(l.errs)
 	lim := &Limit{Path: path, Algorithm: FixedWindow, UnitMultiplier: 1, NearLimitRatio: DefaultNearLimitRatio}
 	fields := l.mapping(a, "rate_limit.", n)
-	var unitField, burstField *field
+	var unitField, burstField, priorityField, fairShareField *field
 	var replacesAt []*yaml.Node
 	var burst uint32
 	for _, f := range fields {
@@ -369,11 +372,15 @@ func (l *loader) rateLimit(a at, n *yaml.Node, path string) *Limit {
 			s, ok := l.str(a, "rate_limit.algorithm", f.val)
 			switch alg := Algorithm(s); {
 			case !ok:
-			case alg == FixedWindow || alg == SlidingWindow || alg == TokenBucket:
+			case alg == FixedWindow || alg == SlidingWindow || alg == TokenBucket || alg == Priority || alg == FairShare:
 				lim.Algorithm = alg
 			default:
-				l.errf(a, f.val, "rate_limit.algorithm", "unknown algorithm %q (want %s, %s or %s)", s, FixedWindow, SlidingWindow, TokenBucket)
+				l.errf(a, f.val, "rate_limit.algorithm", "unknown algorithm %q (want %s, %s, %s, %s or %s)", s, FixedWindow, SlidingWindow, TokenBucket, Priority, FairShare)
 			}
+		case "priority":
+			priorityField = &f
+		case "fair_share":
+			fairShareField = &f
 		case "burst":
 			if v := resolve(f.val); !isNull(v) {
 				burstField = &f
@@ -391,7 +398,7 @@ func (l *loader) rateLimit(a at, n *yaml.Node, path string) *Limit {
 			lim.CountRejected, _ = l.boolean(a, "rate_limit.count_rejected", f.val)
 		default:
 			l.unknown(a, "rate_limit.", f, "unit", "requests_per_unit", "unlimited", "name", "replaces",
-				"algorithm", "burst", "unit_multiplier", "near_limit_ratio", "count_rejected")
+				"algorithm", "burst", "unit_multiplier", "near_limit_ratio", "count_rejected", "priority", "fair_share")
 		}
 	}
 
@@ -433,6 +440,25 @@ func (l *loader) rateLimit(a at, n *yaml.Node, path string) *Limit {
 		l.checkBucket(a, n, lim)
 	}
 
+	switch {
+	case lim.Algorithm == Priority && priorityField == nil:
+		l.errf(a, n, "rate_limit.priority", "missing: algorithm %s needs its classes", Priority)
+	case lim.Algorithm == Priority:
+		lim.Priority = l.priority(a, priorityField.val)
+	case priorityField != nil:
+		l.errf(a, priorityField.key, "rate_limit.priority", "only valid with algorithm %s", Priority)
+	}
+	switch {
+	case lim.Algorithm == FairShare:
+		var v *yaml.Node
+		if fairShareField != nil {
+			v = fairShareField.val
+		}
+		lim.FairShare = l.fairShare(a, v, lim.Window)
+	case fairShareField != nil:
+		l.errf(a, fairShareField.key, "rate_limit.fair_share", "only valid with algorithm %s", FairShare)
+	}
+
 	for i, r := range lim.Replaces {
 		if r == lim.Name {
 			l.errf(a, replacesAt[i], fmt.Sprintf("rate_limit.replaces[%d].name", i), "must not be the rule's own name %q", r)
@@ -465,6 +491,235 @@ func (l *loader) checkBucket(a at, n *yaml.Node, lim *Limit) {
 	if interval*uint64(lim.Burst) > maxBucketTolerance {
 		l.errf(a, n, "rate_limit.burst", "a burst of %d at %d per %v is beyond what %s counts exactly (burst x window/requests_per_unit must be at most 2^50 us)", lim.Burst, lim.RequestsPerUnit, lim.Window, TokenBucket)
 	}
+}
+
+// checkShared reports a priority or fair_share rule that is not on a key-only leaf: the
+// request value of that entry names the class or tenant, so the rule must match every value
+// (no exact or wildcard value) and be the last entry of the descriptor (no children).
+func (l *loader) checkShared(a at, item *yaml.Node, fields fields, value string, n *node) {
+	alg := n.limit.Algorithm
+	if value != "" {
+		f, _ := fields.get("value")
+		l.errf(a, f.val, "value", "a %s rule must be on a key-only descriptor: every value of the key names a %s sharing the rule's one capacity", alg, memberNoun(alg))
+	}
+	if len(n.children) > 0 {
+		f, _ := fields.get("descriptors")
+		l.errf(a, f.key, "descriptors", "a %s rule must be on the last entry of a descriptor (its value names the %s), so it cannot have nested descriptors", alg, memberNoun(alg))
+	}
+}
+
+func memberNoun(a Algorithm) string {
+	if a == Priority {
+		return "class"
+	}
+	return "tenant"
+}
+
+// priority reads a rate_limit.priority mapping: classes (a list of {name, share}, most
+// important first) and default_class. It returns nil when the mapping has problems.
+func (l *loader) priority(a at, n *yaml.Node) *PrioritySettings {
+	const prefix = "rate_limit.priority"
+	n = resolve(n)
+	if n.Kind != yaml.MappingNode {
+		l.errf(a, n, prefix, "must be a mapping with classes and default_class, got %s", describe(n))
+		return nil
+	}
+	before := len(l.errs)
+	p := &PrioritySettings{Default: -1}
+	var defaultName string
+	var defaultNode, classesNode *yaml.Node
+	for _, f := range l.mapping(a, prefix+".", n) {
+		switch f.name {
+		case "default_class":
+			defaultNode = f.val
+			defaultName, _ = l.str(a, prefix+".default_class", f.val)
+		case "classes":
+			classesNode = f.val
+			p.Classes = l.classes(a, f.val)
+		default:
+			l.unknown(a, prefix+".", f, "classes", "default_class")
+		}
+	}
+	switch {
+	case classesNode == nil:
+		l.errf(a, n, prefix+".classes", "missing (want a list of {name, share}, most important first)")
+	case len(p.Classes) == 0 && len(l.errs) == before:
+		l.errf(a, classesNode, prefix+".classes", "must list at least one class")
+	}
+	if len(l.errs) > before {
+		return nil
+	}
+	switch {
+	case defaultNode == nil:
+		// Traffic that names no class gets the least privilege.
+		p.Default = len(p.Classes) - 1
+	default:
+		for i, c := range p.Classes {
+			if c.Name == defaultName {
+				p.Default = i
+			}
+		}
+		if p.Default < 0 {
+			names := make([]string, len(p.Classes))
+			for i, c := range p.Classes {
+				names[i] = c.Name
+			}
+			l.errf(a, defaultNode, prefix+".default_class", "%q is not one of the classes (%s)", defaultName, strings.Join(names, ", "))
+			return nil
+		}
+	}
+	return p
+}
+
+// classes reads the list of priority classes.
+func (l *loader) classes(a at, n *yaml.Node) []Class {
+	n = resolve(n)
+	if n.Kind != yaml.SequenceNode {
+		l.errf(a, n, "rate_limit.priority.classes", "must be a list of {name, share}, got %s", describe(n))
+		return nil
+	}
+	var out []Class
+	seen := map[string]int{}
+	for i, item := range n.Content {
+		item = resolve(item)
+		field := fmt.Sprintf("rate_limit.priority.classes[%d]", i)
+		if item.Kind != yaml.MappingNode {
+			l.errf(a, item, field, "must be a mapping {name, share}, got %s", describe(item))
+			continue
+		}
+		var c Class
+		var nameNode, shareNode *yaml.Node
+		ok := true
+		for _, f := range l.mapping(a, field+".", item) {
+			switch f.name {
+			case "name":
+				nameNode = f.val
+				c.Name, ok = l.str(a, field+".name", f.val)
+			case "share":
+				shareNode = resolve(f.val)
+				var share float64
+				if share, ok = l.ratio(a, field+".share", shareNode); ok {
+					c.Share = int64(math.Round(share * ShareUnit))
+					if c.Share == 0 {
+						l.errf(a, shareNode, field+".share", "must be at least 0.000001 (shares are counted in millionths), got %s", describe(shareNode))
+						ok = false
+					}
+				}
+			default:
+				l.unknown(a, field+".", f, "name", "share")
+				ok = false
+			}
+			if !ok {
+				break
+			}
+		}
+		switch {
+		case !ok:
+			continue
+		case nameNode == nil:
+			l.errf(a, item, field+".name", "missing")
+			continue
+		case c.Name == "":
+			l.errf(a, nameNode, field+".name", "must not be empty")
+			continue
+		case shareNode == nil:
+			l.errf(a, item, field+".share", "missing (want a number greater than 0 and at most 1)")
+			continue
+		}
+		if first, dup := seen[c.Name]; dup {
+			l.errf(a, nameNode, field+".name", "%q is already classes[%d]", c.Name, first)
+			continue
+		}
+		seen[c.Name] = i
+		if len(out) > 0 && c.Share > out[len(out)-1].Share {
+			prev := out[len(out)-1]
+			l.errf(a, shareNode, field+".share", "%s is above the share of %q before it (%s): classes are ordered most important first, so shares must not increase",
+				formatShare(c.Share), prev.Name, formatShare(prev.Share))
+			continue
+		}
+		out = append(out, c)
+	}
+	return out
+}
+
+func formatShare(millionths int64) string {
+	return strconv.FormatFloat(float64(millionths)/ShareUnit, 'f', -1, 64)
+}
+
+// fairShare reads a rate_limit.fair_share mapping (n may be nil: every default): idle_timeout
+// (a duration, default window) and weights ({tenant: integer weight}). It returns nil when
+// the mapping has problems.
+func (l *loader) fairShare(a at, n *yaml.Node, window time.Duration) *FairShareSettings {
+	const prefix = "rate_limit.fair_share"
+	f := &FairShareSettings{IdleTimeout: window}
+	n = resolve(n)
+	if isNull(n) {
+		return f
+	}
+	if n.Kind != yaml.MappingNode {
+		l.errf(a, n, prefix, "must be a mapping with idle_timeout and weights, got %s", describe(n))
+		return nil
+	}
+	before := len(l.errs)
+	for _, fl := range l.mapping(a, prefix+".", n) {
+		switch fl.name {
+		case "idle_timeout":
+			if v := resolve(fl.val); !isNull(v) {
+				f.IdleTimeout, _ = l.duration(a, prefix+".idle_timeout", v)
+			}
+		case "weights":
+			f.Weights = l.weights(a, fl.val)
+		default:
+			l.unknown(a, prefix+".", fl, "idle_timeout", "weights")
+		}
+	}
+	if len(l.errs) > before {
+		return nil
+	}
+	return f
+}
+
+// weights reads a mapping {tenant: weight}, weights integers from 1 to MaxWeight.
+func (l *loader) weights(a at, n *yaml.Node) map[string]int64 {
+	const prefix = "rate_limit.fair_share.weights"
+	n = resolve(n)
+	if isNull(n) {
+		return nil
+	}
+	if n.Kind != yaml.MappingNode {
+		l.errf(a, n, prefix, "must be a mapping {tenant: weight}, got %s", describe(n))
+		return nil
+	}
+	out := map[string]int64{}
+	for _, f := range l.mapping(a, prefix+".", n) {
+		if f.name == "" {
+			l.errf(a, f.key, prefix, "a tenant name must not be empty")
+			continue
+		}
+		v := resolve(f.val)
+		var w int64
+		if v.Kind != yaml.ScalarNode || v.ShortTag() != "!!int" || v.Decode(&w) != nil || w < 1 || w > MaxWeight {
+			l.errf(a, v, prefix+"."+f.name, "must be an integer from 1 to %d, got %s", MaxWeight, describe(v))
+			continue
+		}
+		out[f.name] = w
+	}
+	return out
+}
+
+// duration reads a Go duration string ("500ms", "1m30s") of whole milliseconds from 1ms to
+// MaxWindow.
+func (l *loader) duration(a at, name string, n *yaml.Node) (time.Duration, bool) {
+	var d time.Duration
+	var err error
+	if n.Kind == yaml.ScalarNode {
+		d, err = time.ParseDuration(n.Value)
+	}
+	if n.Kind != yaml.ScalarNode || err != nil || d < time.Millisecond || d > MaxWindow || d%time.Millisecond != 0 {
+		l.errf(a, n, name, "must be a duration of whole milliseconds from 1ms to %v (such as 500ms or 2m), got %s", MaxWindow, describe(n))
+		return 0, false
+	}
+	return d, true
 }
 
 // replaces reads a list of {name: X} mappings and returns the names with their nodes.

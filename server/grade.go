@@ -15,6 +15,9 @@ const (
 	GradeOK Grade = iota
 	// GradeNearLimit is admitted with usage at or above the rule's near_limit_ratio.
 	GradeNearLimit
+	// GradeShed is refused to protect higher priority classes or tenants below their fair
+	// share: capacity remains for them. It carries a retry-after.
+	GradeShed
 	// GradeOverLimit is refused because the limit is spent; it carries a retry-after.
 	GradeOverLimit
 	// GradeNever is refused because the cost can never fit the limit; retrying is pointless.
@@ -26,6 +29,8 @@ func (g Grade) String() string {
 	switch g {
 	case GradeNearLimit:
 		return "near_limit"
+	case GradeShed:
+		return "shed"
 	case GradeOverLimit:
 		return "over_limit"
 	case GradeNever:
@@ -35,13 +40,15 @@ func (g Grade) String() string {
 }
 
 // Refused reports whether the grade refuses the request.
-func (g Grade) Refused() bool { return g >= GradeOverLimit }
+func (g Grade) Refused() bool { return g >= GradeShed }
 
 // gradeOf grades one algorithm result against its limit.
 func gradeOf(l *config.Limit, r algorithms.Result) Grade {
 	switch {
 	case r.Never:
 		return GradeNever
+	case !r.Allowed && r.Shed:
+		return GradeShed
 	case !r.Allowed:
 		return GradeOverLimit
 	case r.Limit > 0 && float64(r.Limit-r.Remaining) >= l.NearLimitRatio*float64(r.Limit):

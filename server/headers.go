@@ -17,8 +17,9 @@ import (
 //     the IETF httpapi rate-limit headers draft: `"name";q=<quota>;w=<window s>` and
 //     `"name";r=<remaining>;t=<seconds until reset>` (a token bucket's quota is its burst, and
 //     its window the time to refill the burst);
-//   - Retry-After, in whole seconds rounded up (at least 1), when the request is refused and
-//     could pass later; never when a descriptor's cost can never fit (grade never);
+//   - Retry-After, in whole seconds rounded up (at least 1), when the request is refused (over
+//     limit or shed) and could pass later; never when a descriptor's cost can never fit (grade
+//     never);
 //   - optionally X-RateLimit-Limit, -Remaining and -Reset of the most restrictive descriptor.
 func (s *Server) responseHeaders(verdicts []verdict, overall Grade) []*corev3.HeaderValue {
 	var policy, state strings.Builder
@@ -37,6 +38,9 @@ func (s *Server) responseHeaders(verdicts []verdict, overall Grade) []*corev3.He
 		name := policyName(v, i)
 		remaining := remainingOf(v)
 		quota, window := policyOf(v.limit)
+		if v.limit.Algorithm == config.Priority {
+			quota = v.result.Limit // what the request's class may fill
+		}
 		policy.WriteString(name)
 		policy.WriteString(";q=")
 		policy.WriteString(strconv.FormatInt(quota, 10))
@@ -60,7 +64,7 @@ func (s *Server) responseHeaders(verdicts []verdict, overall Grade) []*corev3.He
 			&corev3.HeaderValue{Key: "RateLimit-Policy", Value: policy.String()},
 			&corev3.HeaderValue{Key: "RateLimit", Value: state.String()})
 	}
-	if overall == GradeOverLimit {
+	if overall == GradeOverLimit || overall == GradeShed {
 		hs = append(hs, &corev3.HeaderValue{Key: "Retry-After", Value: strconv.FormatInt(max(ceilSeconds(retry), 1), 10)})
 	}
 	if s.headers.XRateLimit && tightest >= 0 {
@@ -120,6 +124,14 @@ func policyName(v *verdict, i int) string {
 	return b.String()
 }
 
+// memberNoun names what the last descriptor entry's value is to a priority or fair_share rule.
+func memberNoun(a config.Algorithm) string {
+	if a == config.Priority {
+		return "class"
+	}
+	return "tenant"
+}
+
 // ceilSeconds rounds d up to whole seconds.
 func ceilSeconds(d time.Duration) int64 {
 	if d <= 0 {
@@ -154,6 +166,11 @@ func metadata(verdicts []verdict, overall Grade) *structpb.Struct {
 			}
 			if v.limit.Name != "" {
 				f["name"] = structpb.NewStringValue(v.limit.Name)
+			}
+			if v.member != "" {
+				// The class the request was counted in (an unknown value falls back to the
+				// default class), or the tenant.
+				f[memberNoun(v.limit.Algorithm)] = structpb.NewStringValue(v.member)
 			}
 			if v.shadow {
 				f["shadow"] = structpb.NewBoolValue(true)

@@ -13,6 +13,9 @@ import (
 //
 //	<prefix>{<domain>|<key>=<value>|...}:<algorithm>:<window ms>
 //
+// For priority and fair_share, whose rule shares one capacity between every value of the last
+// entry (the class or tenant), the last entry is written as its key alone: `...|<key>}`.
+//
 // Every part is escaped (see escapeInto), so no value can forge a separator or a brace and two
 // different descriptors never share a counter. The whole descriptor is the Redis Cluster hash
 // tag, so the key of a decision always lives on one slot. The algorithm and the window length
@@ -28,9 +31,15 @@ func counterKey(prefix, domain string, entries []*ratelimitv3.RateLimitDescripto
 	b.WriteString(prefix)
 	b.WriteByte('{')
 	escapeInto(&b, domain)
-	for _, e := range entries {
+	for i, e := range entries {
 		b.WriteByte('|')
 		escapeInto(&b, e.GetKey())
+		if i == len(entries)-1 && l.Algorithm.Shared() {
+			// Every class or tenant shares the rule's one capacity: the last value is left
+			// out, and so is the '=', which no escaped key contains, so the key stays
+			// distinct from any value (a literal "*" included).
+			break
+		}
 		b.WriteByte('=')
 		escapeInto(&b, e.GetValue())
 	}
@@ -47,6 +56,10 @@ func algorithmTag(a config.Algorithm) string {
 		return "sw"
 	case config.TokenBucket:
 		return "tb"
+	case config.Priority:
+		return "pr"
+	case config.FairShare:
+		return "fs"
 	}
 	return "fw"
 }

@@ -29,6 +29,9 @@ type verdict struct {
 	grade  Grade
 	// shadow marks a refusal that shadow mode turned into an admission.
 	shadow bool
+	// member is the priority class (after the fallback to the default class) or the
+	// fair_share tenant; empty for other algorithms.
+	member string
 }
 
 // limited reports whether the descriptor was counted by an algorithm.
@@ -114,15 +117,26 @@ func (s *Server) run(ctx context.Context, domain string, req *rlsv3.RateLimitReq
 			continue
 		}
 		l := v.limit
-		calls = append(calls, algorithms.Request{
+		entries := req.GetDescriptors()[i].GetEntries()
+		call := algorithms.Request{
 			Algorithm:     algorithms.Name(l.Algorithm),
-			Key:           counterKey(s.prefix, domain, req.GetDescriptors()[i].GetEntries(), l),
+			Key:           counterKey(s.prefix, domain, entries, l),
 			Limit:         int64(l.RequestsPerUnit),
 			Window:        l.Window,
 			Burst:         int64(l.Burst),
 			Hits:          v.hits,
 			CountRejected: l.CountRejected,
-		})
+		}
+		// The last entry's value names the class or the tenant; every value shares the key.
+		switch value := entries[len(entries)-1].GetValue(); {
+		case l.Priority != nil:
+			class := l.Priority.Class(value)
+			v.member, call.Share = class.Name, class.Share
+		case l.FairShare != nil:
+			v.member, call.Member = value, value
+			call.Weight, call.IdleTimeout = l.FairShare.Weight(value), l.FairShare.IdleTimeout
+		}
+		calls = append(calls, call)
 		if req.GetDescriptors()[i].GetLimit() != nil {
 			// Configured limits were checked when loaded; an override is checked here.
 			if err := algorithms.Check(&calls[len(calls)-1]); err != nil {

@@ -78,8 +78,14 @@ descriptors:
 
 func newHarness(t testing.TB, opts Options) *harness {
 	t.Helper()
+	return newHarnessConfig(t, opts, testConfig)
+}
+
+// newHarnessConfig is newHarness serving the YAML document cfg (domain d).
+func newHarnessConfig(t testing.TB, opts Options, cfg string) *harness {
+	t.Helper()
 	dir := t.TempDir()
-	if err := os.WriteFile(filepath.Join(dir, "d.yaml"), []byte(testConfig), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(dir, "d.yaml"), []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	set, err := config.Load(dir)
