@@ -38,6 +38,8 @@ type Request struct {
 	Hits int64
 	// CountRejected charges refused hits too (envoyproxy/ratelimit's behaviour).
 	CountRejected bool
+	// DryRun decides as if the hits were charged, and changes nothing.
+	DryRun bool
 
 	// Share is, for priority, the part of Limit the request's class may fill, in millionths
 	// (0 to ShareUnit; 0 means ShareUnit, the whole capacity). The key is the same for every

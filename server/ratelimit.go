@@ -50,16 +50,29 @@ func (s *Server) ShouldRateLimit(ctx context.Context, req *rlsv3.RateLimitReques
 		return nil, status.Error(codes.Unavailable, errNoRules.Error())
 	}
 	verdicts := s.match(r.set, req)
-	if err := s.run(ctx, req.GetDomain(), req, verdicts); err != nil {
+	if err := s.run(ctx, req.GetDomain(), req, verdicts, options{}); err != nil {
 		return nil, err
 	}
 	resp, overall := s.respond(verdicts)
-	domain := "other"
-	if r.domains[req.GetDomain()] {
-		domain = req.GetDomain()
+	s.count(r, req.GetDomain(), overall)
+	return resp, nil
+}
+
+// options are what the native API adds to a request.
+type options struct {
+	// priority and tenant name the class of priority rules and the tenant of fair_share
+	// rules; when empty, the descriptor's last value does.
+	priority, tenant string
+	// dryRun grades as if charged and charges nothing.
+	dryRun bool
+}
+
+// count records an answered request under its domain (or "other" when it is not configured).
+func (s *Server) count(r *rules, domain string, overall Grade) {
+	if !r.domains[domain] {
+		domain = "other"
 	}
 	s.metrics.decisions.WithLabelValues(domain, overall.String()).Inc()
-	return resp, nil
 }
 
 // match finds the limit and the cost of every descriptor, applying request-side overrides and
@@ -108,7 +121,7 @@ func (s *Server) match(set *config.Set, req *rlsv3.RateLimitRequest) []verdict {
 
 // run charges every limited descriptor in one batch and grades the results. When a descriptor
 // refuses the request, what the others were charged is refunded in a second batch.
-func (s *Server) run(ctx context.Context, domain string, req *rlsv3.RateLimitRequest, verdicts []verdict) error {
+func (s *Server) run(ctx context.Context, domain string, req *rlsv3.RateLimitRequest, verdicts []verdict, opts options) error {
 	calls := make([]algorithms.Request, 0, len(verdicts))
 	owners := make([]int, 0, len(verdicts))
 	for i := range verdicts {
@@ -126,13 +139,21 @@ func (s *Server) run(ctx context.Context, domain string, req *rlsv3.RateLimitReq
 			Burst:         int64(l.Burst),
 			Hits:          v.hits,
 			CountRejected: l.CountRejected,
+			DryRun:        opts.dryRun,
 		}
-		// The last entry's value names the class or the tenant; every value shares the key.
+		// The last entry's value names the class or the tenant (unless the native API's
+		// priority or tenant does); every value shares the key.
 		switch value := entries[len(entries)-1].GetValue(); {
 		case l.Priority != nil:
+			if opts.priority != "" {
+				value = opts.priority
+			}
 			class := l.Priority.Class(value)
 			v.member, call.Share = class.Name, class.Share
 		case l.FairShare != nil:
+			if opts.tenant != "" {
+				value = opts.tenant
+			}
 			v.member, call.Member = value, value
 			call.Weight, call.IdleTimeout = l.FairShare.Weight(value), l.FairShare.IdleTimeout
 		}
@@ -174,7 +195,7 @@ func (s *Server) run(ctx context.Context, domain string, req *rlsv3.RateLimitReq
 			}
 		}
 	}
-	if refused {
+	if refused && !opts.dryRun {
 		s.refund(ctx, domain, calls, owners, verdicts)
 	}
 	return nil

@@ -15,6 +15,7 @@ import (
 
 	"github.com/ratelimitd/ratelimitd/algorithms"
 	"github.com/ratelimitd/ratelimitd/config"
+	ratelimitdv1 "github.com/ratelimitd/ratelimitd/proto/ratelimitd/v1"
 )
 
 // Pinger reports whether the store answers; readiness uses it.
@@ -113,9 +114,10 @@ func New(opts Options) *Server {
 	return s
 }
 
-// Register registers the Envoy rate-limit service on g.
+// Register registers the Envoy rate-limit service and the native API (ratelimitd.v1) on g.
 func (s *Server) Register(g *grpc.Server) {
 	rlsv3.RegisterRateLimitServiceServer(g, s)
+	ratelimitdv1.RegisterRateLimiterServer(g, &native{s: s})
 }
 
 // SetRules puts a new configuration in force for every request that starts after it returns.

@@ -24,6 +24,7 @@ import (
 
 	"github.com/ratelimitd/ratelimitd/algorithms"
 	"github.com/ratelimitd/ratelimitd/config"
+	ratelimitdv1 "github.com/ratelimitd/ratelimitd/proto/ratelimitd/v1"
 	"github.com/ratelimitd/ratelimitd/storage"
 )
 
@@ -52,6 +53,7 @@ type harness struct {
 	clock  *clock
 	srv    *Server
 	client rlsv3.RateLimitServiceClient
+	native ratelimitdv1.RateLimiterClient
 }
 
 const testConfig = `
@@ -112,7 +114,7 @@ func newHarnessConfig(t testing.TB, opts Options, cfg string) *harness {
 		conn.Close()
 		g.Stop()
 	})
-	return &harness{clock: c, srv: srv, client: rlsv3.NewRateLimitServiceClient(conn)}
+	return &harness{clock: c, srv: srv, client: rlsv3.NewRateLimitServiceClient(conn), native: ratelimitdv1.NewRateLimiterClient(conn)}
 }
 
 func (h *harness) call(t *testing.T, ds ...*ratelimitv3.RateLimitDescriptor) *rlsv3.RateLimitResponse {
