@@ -74,7 +74,21 @@ func newRealBackend(t *testing.T) backend {
 
 func (b *realBackend) decide(t *testing.T, at time.Time, req Request) Result {
 	t.Helper()
-	return decideOne(t, clockedDecider(t, b.store, req.Algorithm, at), req)
+	r := decideOne(t, clockedDecider(t, b.store, req.Algorithm, at), req)
+	// redis-server's TTLs run on the wall clock, which can outrun the steps' clock and expire
+	// keys the steps still count. Answers never depend on expiry (TTLs only collect garbage),
+	// so the keys are kept for good here.
+	ctx := context.Background()
+	keys, err := b.store.Client().Keys(ctx, "*").Result()
+	if err != nil {
+		t.Fatalf("KEYS: %v", err)
+	}
+	for _, k := range keys {
+		if err := b.store.Client().Persist(ctx, k).Err(); err != nil {
+			t.Fatalf("PERSIST %s: %v", k, err)
+		}
+	}
+	return r
 }
 
 // clockedDecider returns a RedisDecider whose script for algorithm n reads the clock at.
