@@ -21,6 +21,7 @@ const (
 	TokenBucket   Name = "token_bucket"
 	Priority      Name = "priority"
 	FairShare     Name = "fair_share"
+	Concurrency   Name = "concurrency"
 )
 
 // Request is one decision for one key.
@@ -38,7 +39,10 @@ type Request struct {
 	Hits int64
 	// CountRejected charges refused hits too (envoyproxy/ratelimit's behaviour).
 	CountRejected bool
-	// DryRun decides as if the hits were charged, and changes nothing.
+	// DryRun decides as if the hits were charged, and changes nothing: the reply is the one the
+	// same request without DryRun would get, refused hits never charged (CountRejected is
+	// ignored), and no state, expiry or fair_share membership changes. Scripts receive it as
+	// mode 2 in ARGV[5]; the memory store runs the twin on a copy (storage.Memory.Peek).
 	DryRun bool
 
 	// Share is, for priority, the part of Limit the request's class may fill, in millionths
@@ -52,6 +56,9 @@ type Request struct {
 	// IdleTimeout is, for fair_share, how long a tenant stays active after its last request;
 	// 0 means Window.
 	IdleTimeout time.Duration
+	// Lease is, for concurrency, the lease (positive) that Hits 1 takes a slot for (for Window,
+	// the lease's TTL) and Hits -1 gives back; Hits 0 ignores it. Other algorithms ignore it.
+	Lease int64
 }
 
 // Result is the answer for one Request.

@@ -3,6 +3,7 @@ package algorithms
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -56,7 +57,32 @@ func newMiniBackend(t *testing.T) backend {
 func (b *miniBackend) decide(t *testing.T, at time.Time, req Request) Result {
 	t.Helper()
 	b.mr.SetTime(at)
+	if req.DryRun {
+		return decideOne(t, readOnlyDecider(t, b.d, req.Algorithm), req)
+	}
 	return decideOne(t, b.d, req)
+}
+
+// readOnlyCommands are the commands a dry run may call.
+var readOnlyCommands = []string{"TIME", "GET", "HGET", "HMGET", "HGETALL", "HLEN", "EXISTS", "PTTL",
+	"ZSCORE", "ZCARD", "ZCOUNT", "ZRANGE", "ZRANGEBYSCORE", "ZREVRANGEBYSCORE"}
+
+// readOnlyDecider returns a copy of d whose script for algorithm n fails on any command that
+// is not in readOnlyCommands: a dry run through it that succeeds wrote nothing.
+func readOnlyDecider(t *testing.T, d *RedisDecider, n Name) *RedisDecider {
+	t.Helper()
+	a, ok := lookup(n)
+	if !ok {
+		t.Fatalf("unknown algorithm %q", n)
+	}
+	guard := "local ro = {" + strings.Join(readOnlyCommands, " = true, ") + " = true}\n" +
+		"local function roCall(cmd, ...)\n" +
+		"  if not ro[string.upper(cmd)] then error('a dry run called ' .. cmd) end\n" +
+		"  return redis.call(cmd, ...)\n" +
+		"end\n"
+	ro := *d
+	ro.scripts[a.id] = storage.NewScript(guard + strings.ReplaceAll(d.scripts[a.id].Source(), "redis.call(", "roCall("))
+	return &ro
 }
 
 // realBackend runs the scripts on a real redis-server. Its clock cannot be set, so each
@@ -74,7 +100,11 @@ func newRealBackend(t *testing.T) backend {
 
 func (b *realBackend) decide(t *testing.T, at time.Time, req Request) Result {
 	t.Helper()
-	r := decideOne(t, clockedDecider(t, b.store, req.Algorithm, at), req)
+	d := clockedDecider(t, b.store, req.Algorithm, at)
+	if req.DryRun {
+		d = readOnlyDecider(t, d, req.Algorithm)
+	}
+	r := decideOne(t, d, req)
 	// redis-server's TTLs run on the wall clock, which can outrun the steps' clock and expire
 	// keys the steps still count. Answers never depend on expiry (TTLs only collect garbage),
 	// so the keys are kept for good here.
@@ -125,7 +155,22 @@ func newMemoryBackend(*testing.T) backend {
 func (b *memoryBackend) decide(t *testing.T, at time.Time, req Request) Result {
 	t.Helper()
 	b.now = at
-	return decideOne(t, b.d, req)
+	if !req.DryRun {
+		return decideOne(t, b.d, req)
+	}
+	before := b.peek(req.Key)
+	res := decideOne(t, b.d, req)
+	if after := b.peek(req.Key); !slices.Equal(after, before) {
+		t.Fatalf("dry run %+v changed the state: %v, was %v", req, after, before)
+	}
+	return res
+}
+
+// peek returns a copy of key's state.
+func (b *memoryBackend) peek(key string) []int64 {
+	var s []int64
+	b.m.Peek(key, func(_ time.Time, state []int64) { s = slices.Clone(state) })
+	return s
 }
 
 func decideOne(t *testing.T, d Decider, req Request) Result {

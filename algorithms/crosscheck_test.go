@@ -18,7 +18,7 @@ import (
 )
 
 // TestTwinsAgree runs the same seeded random steps through the three backends and requires
-// identical results step by step.
+// identical results step by step; about one step in six is a dry run.
 func TestTwinsAgree(t *testing.T) {
 	configs := []struct {
 		algorithm Name
@@ -80,6 +80,7 @@ func TestTwinsAgree(t *testing.T) {
 				if rng.IntN(3) == 0 {
 					req.Hits = 1
 				}
+				req.DryRun = rng.IntN(6) == 0 // the backends check that it writes nothing
 				want := bs[0].decide(t, epoch.Add(at), req)
 				for j := 1; j < len(bs); j++ {
 					if got := bs[j].decide(t, epoch.Add(at), req); got != want {
@@ -248,7 +249,8 @@ func maxInWindow(log []time.Duration, w time.Duration) int {
 	return worst
 }
 
-// TestTTL checks that every write sets a TTL, and that the TTL is no longer than needed.
+// TestTTL checks that every write sets a TTL, that the TTL is no longer than needed, and that
+// a dry run leaves it as it is.
 func TestTTL(t *testing.T) {
 	tests := []struct {
 		req  Request
@@ -270,7 +272,16 @@ func TestTTL(t *testing.T) {
 			if got := mr.TTL(tt.req.Key); got != tt.want {
 				t.Errorf("TTL after a charge: got %v, want %v", got, tt.want)
 			}
-			mr.FastForward(tt.want)
+			// A dry run leaves the TTL running.
+			half := tt.want / 2
+			mr.FastForward(half)
+			dry := tt.req
+			dry.DryRun = true
+			decideOne(t, d, dry)
+			if got, want := mr.TTL(tt.req.Key), tt.want-half; got != want {
+				t.Errorf("TTL after a dry run: got %v, want %v", got, want)
+			}
+			mr.FastForward(tt.want - half)
 			if mr.Exists(tt.req.Key) {
 				t.Errorf("key still exists after its TTL")
 			}

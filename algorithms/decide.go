@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/ratelimitd/ratelimitd/storage"
@@ -38,8 +39,10 @@ type params struct {
 	windowMs int64
 	burst    int64
 	hits     int64
-	// countRejected is 1 to charge refused hits, else 0.
+	// countRejected is 1 to charge refused hits, else 0 (always 0 in a dry run).
 	countRejected int64
+	// dryRun decides without changing anything (see Request.DryRun).
+	dryRun bool
 
 	// The priority class's share (millionths) and the capacity it gives (filled in by check).
 	share, capacity int64
@@ -47,6 +50,24 @@ type params struct {
 	member string
 	weight int64
 	idleMs int64
+	// The concurrency lease.
+	lease int64
+}
+
+// Modes of a decision, ARGV[5] of every script: a script in modeDryRun computes the reply a
+// normal call would give (never charging refused hits) and writes nothing.
+const (
+	modeNormal        = 0
+	modeCountRejected = 1
+	modeDryRun        = 2
+)
+
+// mode is ARGV[5].
+func (p *params) mode() int64 {
+	if p.dryRun {
+		return modeDryRun
+	}
+	return p.countRejected // modeNormal or modeCountRejected
 }
 
 // algorithm is one algorithm: its script and its native twin.
@@ -71,10 +92,10 @@ type algorithm struct {
 }
 
 // algorithmCount is the number of algorithms; ids index RedisDecider.scripts.
-const algorithmCount = 5
+const algorithmCount = 6
 
 // all lists every algorithm.
-var all = [algorithmCount]*algorithm{&fixedWindow, &slidingWindow, &tokenBucket, &priority, &fairShare}
+var all = [algorithmCount]*algorithm{&fixedWindow, &slidingWindow, &tokenBucket, &priority, &fairShare, &concurrency}
 
 func lookup(n Name) (*algorithm, bool) {
 	switch n {
@@ -88,6 +109,8 @@ func lookup(n Name) (*algorithm, bool) {
 		return &priority, true
 	case FairShare:
 		return &fairShare, true
+	case Concurrency:
+		return &concurrency, true
 	}
 	return nil, false
 }
@@ -127,8 +150,11 @@ func prepare(req *Request) (*algorithm, params, error) {
 		member:   req.Member,
 		weight:   req.Weight,
 		idleMs:   req.IdleTimeout.Milliseconds(),
+		lease:    req.Lease,
 	}
-	if req.CountRejected {
+	if req.DryRun {
+		p.dryRun = true
+	} else if req.CountRejected {
 		p.countRejected = 1
 	}
 	p, err := a.check(p)
@@ -220,7 +246,7 @@ func (d *RedisDecider) Decide(ctx context.Context, reqs []Request) ([]Result, er
 		algs[i] = a
 		keys[i] = reqs[i].Key
 		argv := args[i*argCount : (i+1)*argCount : (i+1)*argCount]
-		argv[0], argv[1], argv[2], argv[3], argv[4] = p.limit, p.windowMs, p.burst, p.hits, p.countRejected
+		argv[0], argv[1], argv[2], argv[3], argv[4] = p.limit, p.windowMs, p.burst, p.hits, p.mode()
 		k := keys[i : i+1 : i+1]
 		for _, suffix := range a.keys {
 			k = append(k, reqs[i].Key+suffix)
@@ -278,6 +304,14 @@ func (d *MemoryDecider) Decide(ctx context.Context, reqs []Request) ([]Result, e
 	for i := range reqs {
 		a, p, _ := prepare(&reqs[i])
 		var r reply
+		if p.dryRun {
+			// The twin on a copy of the state; the store keeps the state and its expiry.
+			d.store.Peek(reqs[i].Key, func(now time.Time, state []int64) {
+				r, _, _ = a.twin(now.UnixMicro(), slices.Clone(state), p)
+			})
+			results[i] = r.result(p.hits)
+			continue
+		}
 		d.store.Update(reqs[i].Key, func(now time.Time, state []int64) ([]int64, time.Duration) {
 			var next []int64
 			var ttl time.Duration

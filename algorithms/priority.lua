@@ -4,7 +4,7 @@ local t = redis.call('TIME')
 -- counts while now < (b + 1) * bw + window_ms. A request of a class is admitted while the count
 -- plus its hits is at most the class's capacity, floor(share * limit), computed by the caller.
 -- KEYS[1]: hash {bucket index (decimal) = count > 0}; any other field is stale and deleted.
--- ARGV: limit, window_ms, burst (unused), hits, count_rejected (0/1), class capacity.
+-- ARGV: limit, window_ms, burst (unused), hits, mode (0 normal, 1 count_rejected, 2 dry run), class capacity.
 -- Returns {allowed, remaining, class capacity, reset_after_ms, retry_after_ms, shed}: shed is 1
 -- when refused while the whole capacity still holds the hits (room kept for higher classes).
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -12,6 +12,8 @@ local limit = tonumber(ARGV[1])
 local window = tonumber(ARGV[2])
 local hits = tonumber(ARGV[4])
 local count_rejected = ARGV[5] == '1'
+-- A dry run computes the same reply as a normal call and writes nothing.
+local dry = ARGV[5] == '2'
 local cap = tonumber(ARGV[6])
 local max_count = 4503599627370496
 
@@ -89,7 +91,8 @@ for i = k - 1, 0, -1 do
   end
 end
 
-if count == 0 then
+if dry then
+elseif count == 0 then
   if #f > 0 then redis.call('DEL', KEYS[1]) end
 elseif #changed > 0 or #del > 0 then
   local set = {}

@@ -24,6 +24,7 @@ type sharedStep struct {
 	weight        int64
 	hits          int64
 	countRejected bool
+	dryRun        bool
 	want          Result
 }
 
@@ -36,10 +37,10 @@ func runSharedTable(t *testing.T, alg Name, limit int64, window time.Duration, s
 			for i, s := range steps {
 				req := Request{
 					Algorithm: alg, Key: "{t}k", Limit: limit, Window: window, Hits: s.hits,
-					CountRejected: s.countRejected, Share: s.share, Member: s.member, Weight: s.weight,
+					CountRejected: s.countRejected, DryRun: s.dryRun, Share: s.share, Member: s.member, Weight: s.weight,
 				}
 				if got := b.decide(t, epoch.Add(s.at), req); got != s.want {
-					t.Errorf("step %d (at %v, %s, hits %d): got %+v, want %+v", i, s.at, s.member, s.hits, got, s.want)
+					t.Errorf("step %d (at %v, %s, hits %d, dry run %t): got %+v, want %+v", i, s.at, s.member, s.hits, s.dryRun, got, s.want)
 				}
 			}
 		})
@@ -61,6 +62,7 @@ func TestPriority(t *testing.T) {
 		// Sheddable is refused first: room remains for the higher classes (shed), until
 		// sub-window 0 stops counting.
 		{at: 0, share: sheddable, hits: 1, want: shed(0, 5, 1050*ms, 1050*ms)},
+		{at: 100 * ms, share: normal, hits: 3, dryRun: true, want: ok(0, 8, 1050*ms)},
 		{at: 100 * ms, share: normal, hits: 3, want: ok(0, 8, 1050*ms)},
 		{at: 100 * ms, share: normal, hits: 1, want: shed(0, 8, 1050*ms, 950*ms)},
 		// Critical finds the headroom above the lower shares, then the limit is spent.
@@ -79,6 +81,7 @@ func TestPriority(t *testing.T) {
 		{at: 1049 * ms, share: sheddable, hits: 2, want: shed(0, 5, 101*ms, 1*ms)},
 		{at: 1050 * ms, share: sheddable, hits: 2, want: ok(0, 5, 1050*ms)},
 		// count_rejected charges the refused hit (6): it waits for sub-window 2 to leave.
+		{at: 1050 * ms, share: sheddable, hits: 1, countRejected: true, dryRun: true, want: shed(0, 5, 1050*ms, 100*ms)},
 		{at: 1050 * ms, share: sheddable, hits: 1, countRejected: true, want: shed(0, 5, 1050*ms, 100*ms)},
 		{at: 1150 * ms, share: normal, hits: 5, want: ok(0, 8, 1050*ms)},
 		{at: 1150 * ms, share: sheddable, hits: 1, want: shed(0, 5, 1050*ms, 1050*ms)},
@@ -100,6 +103,7 @@ func TestFairShare(t *testing.T) {
 		{at: 100 * ms, member: "a", hits: 7, want: ok(2, 10, 900*ms)},
 		// b joins: fair shares of 5. b is within its share; a (8) is above it and may take
 		// only what b cannot claim (b's 4 remaining of its share): shed.
+		{at: 200 * ms, member: "b", hits: 1, dryRun: true, want: ok(1, 10, 800*ms)}, // as if b had joined
 		{at: 200 * ms, member: "b", hits: 1, want: ok(1, 10, 800*ms)},
 		{at: 300 * ms, member: "a", hits: 1, want: shed(0, 10, 700*ms, 700*ms)},
 		{at: 300 * ms, member: "b", hits: 1, want: ok(0, 10, 700*ms)},
@@ -115,14 +119,17 @@ func TestFairShare(t *testing.T) {
 		{at: 1200 * ms, member: "a", hits: 0, want: ok(0, 10, 800*ms)},
 		{at: 1200 * ms, member: "b", hits: -5, want: ok(5, 10, 800*ms)}, // never below 0
 		// Both idle for 1s: c alone has the whole pool.
+		{at: 2500 * ms, member: "c", hits: 1, dryRun: true, want: ok(9, 10, 500*ms)},
 		{at: 2500 * ms, member: "c", hits: 1, want: ok(9, 10, 500*ms)},
 		// d weighs 3: shares floor(10/4) = 2 and floor(30/4) = 7.
+		{at: 2600 * ms, member: "d", weight: 3, hits: 7, dryRun: true, want: ok(1, 10, 400*ms)},
 		{at: 2600 * ms, member: "d", weight: 3, hits: 7, want: ok(1, 10, 400*ms)},
 		{at: 2600 * ms, member: "d", weight: 3, hits: 1, want: ok(0, 10, 400*ms)}, // c can claim only 1
 		{at: 2600 * ms, member: "d", weight: 3, hits: 1, want: shed(0, 10, 400*ms, 400*ms)},
 		{at: 2600 * ms, member: "c", hits: 1, want: ok(0, 10, 400*ms)},
 		{at: 2600 * ms, member: "c", hits: 11, want: never(0, 10, 400*ms)},
 		// count_rejected charges a refused cost of 2 beyond the pool.
+		{at: 2700 * ms, member: "e", hits: 2, countRejected: true, dryRun: true, want: refused(0, 10, 300*ms, 300*ms)},
 		{at: 2700 * ms, member: "e", hits: 2, countRejected: true, want: refused(0, 10, 300*ms, 300*ms)},
 		// Next window: c, d and e active (shares 2, 6, 2).
 		{at: 3000 * ms, member: "e", hits: 2, want: ok(0, 10, 1000*ms)},
@@ -132,9 +139,11 @@ func TestFairShare(t *testing.T) {
 		{at: 3000 * ms, member: "c", hits: 1, want: refused(0, 10, 1000*ms, 1000*ms)},
 		// A changed weight changes every share: c 2 -> floor(10*2/6) = 3 of the pool, but it is
 		// spent.
+		{at: 3100 * ms, member: "c", weight: 2, hits: 1, dryRun: true, want: refused(0, 10, 900*ms, 900*ms)},
 		{at: 3100 * ms, member: "c", weight: 2, hits: 1, want: refused(0, 10, 900*ms, 900*ms)},
 		// At 4000ms d and e (last seen at 3000ms) have been idle for 1s: e comes back with c
 		// (weight 2): shares 6 and 3, and e may take 4 since nobody else can claim it.
+		{at: 4000 * ms, member: "e", hits: 4, dryRun: true, want: ok(0, 10, 1000*ms)}, // e idle: as if it rejoined
 		{at: 4000 * ms, member: "e", hits: 0, want: ok(4, 10, 1000*ms)},
 		{at: 4000 * ms, member: "e", hits: 4, want: ok(0, 10, 1000*ms)},
 		{at: 4000 * ms, member: "c", weight: 2, hits: 6, want: ok(0, 10, 1000*ms)},
@@ -143,8 +152,8 @@ func TestFairShare(t *testing.T) {
 
 // TestSharedTwinsAgree runs seeded random steps of priority and fair_share through the three
 // backends and requires identical results step by step: several classes or tenants on one
-// key, weights that change now and then, costs above 1, checks, refunds, count_rejected, and
-// gaps that let tenants go idle and windows roll.
+// key, weights that change now and then, costs above 1, checks, refunds, count_rejected, dry
+// runs, and gaps that let tenants go idle and windows roll.
 func TestSharedTwinsAgree(t *testing.T) {
 	configs := []struct {
 		algorithm Name
@@ -161,6 +170,10 @@ func TestSharedTwinsAgree(t *testing.T) {
 		{FairShare, 30, time.Second, 500 * time.Millisecond, 60 * time.Millisecond, 6},
 		{FairShare, 100, 2 * time.Second, 3 * time.Second, 300 * time.Millisecond, 12},
 		{FairShare, 5, time.Second, 0, 400 * time.Millisecond, 3},
+		// Pools smaller than the sum of weights (shares of 0: every tenant with hits is above
+		// its share), and many tenants joining and leaving.
+		{FairShare, 3, time.Second, 700 * time.Millisecond, 40 * time.Millisecond, 12},
+		{FairShare, 1000, 5 * time.Second, 2 * time.Second, 150 * time.Millisecond, 12},
 	}
 	shares := []int64{0, ShareUnit, 800_000, 500_000, 333_333, 1}
 	for ci, c := range configs {
@@ -188,6 +201,7 @@ func TestSharedTwinsAgree(t *testing.T) {
 				if rng.IntN(3) == 0 {
 					req.Hits = 1
 				}
+				req.DryRun = rng.IntN(6) == 0 // the backends check that it writes nothing
 				if rng.IntN(40) == 0 {
 					req.Limit = c.limit + rng.Int64N(5) // a reloaded limit
 				}
@@ -213,7 +227,7 @@ func TestSharedTwinsAgree(t *testing.T) {
 	}
 }
 
-// TestFairShareKeys checks the keys of a fair_share decision: four, sharing the request key's
+// TestFairShareKeys checks the keys of a fair_share decision: six, sharing the request key's
 // hash tag, each with the TTL max(time to the window's end, idle timeout).
 func TestFairShareKeys(t *testing.T) {
 	mr := miniredis.RunT(t)
@@ -224,8 +238,8 @@ func TestFairShareKeys(t *testing.T) {
 	req := Request{Algorithm: FairShare, Key: "p{d|pool=x|tenant}:fs:1000", Limit: 10, Window: time.Second, Member: "acme", Hits: 1}
 	decideOne(t, d, req)
 	keys := mr.Keys()
-	if len(keys) != 4 {
-		t.Fatalf("keys: got %v, want 4", keys)
+	if len(keys) != 6 {
+		t.Fatalf("keys: got %v, want 6", keys)
 	}
 	for _, k := range keys {
 		if !strings.HasPrefix(k, "p{d|pool=x|tenant}") {
@@ -329,4 +343,43 @@ func evalshaUsPerCall(t *testing.T, c *redis.Client) float64 {
 	}
 	t.Fatalf("no cmdstat_evalsha in INFO commandstats:\n%s", info)
 	return 0
+}
+
+// TestFairShareRebuild strips the parts of the fair_share state that joins use (the header's
+// active usage and layout version, the over-share index and the weight counts), as a key
+// written by the former layout holds them, now and then during random steps on miniredis: the
+// next decision rebuilds them, and every answer stays the twin's.
+func TestFairShareRebuild(t *testing.T) {
+	mr := miniredis.RunT(t)
+	c := redis.NewClient(&redis.Options{Addr: mr.Addr()})
+	t.Cleanup(func() { _ = c.Close() })
+	mini := &miniBackend{mr: mr, d: NewRedis(storage.NewRedis(c))}
+	mem := newMemoryBackend(t)
+	rng := rand.New(rand.NewPCG(7, 4242))
+	at := time.Duration(rng.Int64N(int64(time.Hour)))
+	const key = "{r}fs"
+	rebuilt := 0
+	for i := range 600 {
+		at += time.Duration(rng.Int64N(int64(60 * time.Millisecond)))
+		m := rng.IntN(8)
+		req := Request{
+			Algorithm: FairShare, Key: key, Limit: 20, Window: time.Second, IdleTimeout: 700 * ms,
+			Member: strings.Repeat(string(rune('a'+m)), 1+m), Weight: 1 + int64(m%3),
+			Hits: rng.Int64N(8) - 2, CountRejected: rng.IntN(8) == 0, DryRun: rng.IntN(6) == 0,
+		}
+		if rng.IntN(25) == 0 && mr.Exists(key) {
+			mr.HDel(key, "u")
+			mr.HDel(key, "v")
+			mr.Del(key + ":z")
+			mr.Del(key + ":c")
+			rebuilt++
+		}
+		want := mem.decide(t, epoch.Add(at), req)
+		if got := mini.decide(t, epoch.Add(at), req); got != want {
+			t.Fatalf("step %d (at %v, %+v): miniredis says %+v, memory says %+v", i, at, req, got, want)
+		}
+	}
+	if rebuilt == 0 {
+		t.Fatal("no rebuild happened")
+	}
 }

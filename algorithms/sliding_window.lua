@@ -4,13 +4,15 @@ local t = redis.call('TIME')
 -- the sliding window: while now < (b + 1) * bw + window_ms. Hits are admitted while the sum
 -- of the counted buckets plus the hits is at most the limit.
 -- KEYS[1]: hash {bucket index (decimal) = count > 0}; any other field is stale and deleted.
--- ARGV: limit, window_ms, burst (unused), hits, count_rejected (0/1).
+-- ARGV: limit, window_ms, burst (unused), hits, mode (0 normal, 1 count_rejected, 2 dry run).
 -- Returns {allowed, remaining, limit, reset_after_ms, retry_after_ms}.
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local limit = tonumber(ARGV[1])
 local window = tonumber(ARGV[2])
 local hits = tonumber(ARGV[4])
 local count_rejected = ARGV[5] == '1'
+-- A dry run computes the same reply as a normal call and writes nothing.
+local dry = ARGV[5] == '2'
 -- The total count saturates at 2^52, so that it plus any hits stays exact in a Lua number.
 local max_count = 4503599627370496
 
@@ -88,7 +90,8 @@ for i = k - 1, 0, -1 do
   end
 end
 
-if count == 0 then
+if dry then
+elseif count == 0 then
   if #f > 0 then redis.call('DEL', KEYS[1]) end
 elseif #changed > 0 or #del > 0 then
   local set = {}

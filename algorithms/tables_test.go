@@ -13,7 +13,8 @@ import (
 )
 
 // step is one timed decision of a table. Zero limit, window and burst keep the previous
-// step's values; key "" is "k".
+// step's values; key "" is "k". A dry-run step wants the reply the same step would get
+// without dryRun (and never charges refused hits); the backends check that it writes nothing.
 type step struct {
 	at            time.Duration // since epoch
 	hits          int64
@@ -21,6 +22,7 @@ type step struct {
 	window        time.Duration
 	burst         int64
 	countRejected bool
+	dryRun        bool
 	key           string
 	want          Result
 }
@@ -53,7 +55,7 @@ func (tb *table) requests() []Request {
 		}
 		reqs[i] = Request{
 			Algorithm: tb.algorithm, Key: key, Limit: limit, Window: window, Burst: burst,
-			Hits: s.hits, CountRejected: s.countRejected,
+			Hits: s.hits, CountRejected: s.countRejected, DryRun: s.dryRun,
 		}
 	}
 	return reqs
@@ -69,7 +71,7 @@ func runTable(t *testing.T, tb table) {
 			for i, s := range tb.steps {
 				got := b.decide(t, epoch.Add(s.at), reqs[i])
 				if got != s.want {
-					t.Errorf("step %d (at %v, hits %d): got %+v, want %+v", i, s.at, s.hits, got, s.want)
+					t.Errorf("step %d (at %v, hits %d, dry run %t): got %+v, want %+v", i, s.at, s.hits, s.dryRun, got, s.want)
 				}
 			}
 		})
@@ -96,20 +98,27 @@ func never(remaining, limit int64, reset time.Duration) Result {
 
 func TestFixedWindow(t *testing.T) {
 	runTable(t, table{algorithm: FixedWindow, limit: 3, window: time.Second, steps: []step{
+		{at: 0, hits: 1, dryRun: true, want: ok(2, 3, 1000*ms)}, // as if charged; nothing stored
 		{at: 0, hits: 1, want: ok(2, 3, 1000*ms)},
+		{at: 100 * ms, hits: 1, dryRun: true, want: ok(1, 3, 900*ms)},
 		{at: 100 * ms, hits: 1, want: ok(1, 3, 900*ms)},
 		{at: 250*ms + 500*µs, hits: 0, want: ok(1, 3, 750*ms)}, // a check charges nothing
 		{at: 300 * ms, hits: 1, want: ok(0, 3, 700*ms)},        // count + hits == limit passes
 		{at: 400 * ms, hits: 1, want: refused(0, 3, 600*ms, 600*ms)},
-		{at: 999 * ms, hits: 1, want: refused(0, 3, 1*ms, 1*ms)},                           // retry-after - 1ms: refused
-		{at: 1000 * ms, hits: 1, want: ok(2, 3, 1000*ms)},                                  // retry-after: a new window
-		{at: 1000 * ms, hits: -5, want: ok(3, 3, 1000*ms)},                                 // a refund stops at empty
-		{at: 1001 * ms, hits: 4, want: never(3, 3, 999*ms)},                                // more than the limit: never
-		{at: 1002 * ms, hits: 3, want: ok(0, 3, 998*ms)},                                   // the refusal charged nothing
-		{at: 1500 * ms, hits: 1, countRejected: true, want: refused(0, 3, 500*ms, 500*ms)}, // count 4
-		{at: 1600 * ms, hits: 0, want: refused(0, 3, 400*ms, 400*ms)},                      // 4 > 3
-		{at: 1700 * ms, hits: -1, want: ok(0, 3, 300*ms)},                                  // count 3
-		{at: 1800 * ms, hits: 5, countRejected: true, want: never(0, 3, 200*ms)},           // count 8
+		{at: 999 * ms, hits: 1, want: refused(0, 3, 1*ms, 1*ms)}, // retry-after - 1ms: refused
+		{at: 1000 * ms, hits: 1, want: ok(2, 3, 1000*ms)},        // retry-after: a new window
+		{at: 1000 * ms, hits: -5, dryRun: true, want: ok(3, 3, 1000*ms)},
+		// The dry refund gave nothing back.
+		{at: 1000 * ms, hits: 0, want: ok(2, 3, 1000*ms)},
+		{at: 1000 * ms, hits: -5, want: ok(3, 3, 1000*ms)},  // a refund stops at empty
+		{at: 1001 * ms, hits: 4, want: never(3, 3, 999*ms)}, // more than the limit: never
+		{at: 1002 * ms, hits: 3, want: ok(0, 3, 998*ms)},    // the refusal charged nothing
+		// A dry run never charges refused hits: count 3, then 4.
+		{at: 1500 * ms, hits: 1, countRejected: true, dryRun: true, want: refused(0, 3, 500*ms, 500*ms)},
+		{at: 1500 * ms, hits: 1, countRejected: true, want: refused(0, 3, 500*ms, 500*ms)},
+		{at: 1600 * ms, hits: 0, want: refused(0, 3, 400*ms, 400*ms)},            // 4 > 3
+		{at: 1700 * ms, hits: -1, want: ok(0, 3, 300*ms)},                        // count 3
+		{at: 1800 * ms, hits: 5, countRejected: true, want: never(0, 3, 200*ms)}, // count 8
 		{at: 2000*ms + 250*µs, hits: 1, want: ok(2, 3, 1000*ms)},
 		{at: 5000 * ms, hits: 1, want: ok(2, 3, 1000*ms)}, // a stale window reads as empty
 		{at: 60 * time.Second, hits: 1, limit: 10, window: time.Minute, want: ok(9, 10, 60*time.Second)},
@@ -126,6 +135,7 @@ func TestSlidingWindow(t *testing.T) {
 		{at: 0, hits: 1, want: ok(9, 10, 1050*ms)}, // bucket 0 counts until 1050ms
 		// A late burst that fits the last second is admitted; then the 10th of it is refused
 		// until bucket 0 stops counting.
+		{at: 900 * ms, hits: 9, dryRun: true, want: ok(0, 10, 1050*ms)},
 		{at: 900 * ms, hits: 9, want: ok(0, 10, 1050*ms)}, // bucket 18 until 1950ms
 		{at: 900 * ms, hits: 1, want: refused(0, 10, 1050*ms, 150*ms)},
 		{at: 1049*ms + 999*µs, hits: 1, want: refused(0, 10, 901*ms, 1*ms)}, // retry-after - 1ms
@@ -147,12 +157,15 @@ func TestSlidingWindow(t *testing.T) {
 		{at: 3100 * ms, hits: -3, want: ok(3, 10, 1000*ms)}, // bucket 61: 7
 		{at: 3200 * ms, hits: 2, want: ok(1, 10, 1050*ms)},  // bucket 64: 2
 		// A refund comes off the newest bucket first: bucket 64 empties, bucket 61 keeps 5.
+		{at: 3200 * ms, hits: -4, dryRun: true, want: ok(5, 10, 900*ms)},
 		{at: 3200 * ms, hits: -4, want: ok(5, 10, 900*ms)},
 		{at: 3300 * ms, hits: -100, want: ok(10, 10, 0)}, // and stops at empty
 		{at: 3300 * ms, hits: 11, want: never(10, 10, 0)},
-		{at: 3300 * ms, hits: 11, countRejected: true, want: never(0, 10, 1050*ms)},          // bucket 66: 11
-		{at: 3400 * ms, hits: 0, want: refused(0, 10, 950*ms, 950*ms)},                       // 11 > 10
-		{at: 3400 * ms, hits: -1, want: ok(0, 10, 950*ms)},                                   // bucket 66: 10
+		{at: 3300 * ms, hits: 11, countRejected: true, want: never(0, 10, 1050*ms)}, // bucket 66: 11
+		{at: 3400 * ms, hits: 0, want: refused(0, 10, 950*ms, 950*ms)},              // 11 > 10
+		{at: 3400 * ms, hits: -1, want: ok(0, 10, 950*ms)},                          // bucket 66: 10
+		// A dry run never charges refused hits: the reply of a plain refusal.
+		{at: 3500 * ms, hits: 1, countRejected: true, dryRun: true, want: refused(0, 10, 850*ms, 850*ms)},
 		{at: 3500 * ms, hits: 1, countRejected: true, want: refused(0, 10, 1050*ms, 850*ms)}, // bucket 70: 1
 		{at: 4349 * ms, hits: 1, want: refused(0, 10, 201*ms, 1*ms)},
 		{at: 4350 * ms, hits: 1, want: ok(8, 10, 1050*ms)},
@@ -177,6 +190,7 @@ func TestTokenBucket(t *testing.T) {
 	// 10 per second: one token per 100ms; a burst of 5 (tolerance 500ms).
 	runTable(t, table{algorithm: TokenBucket, limit: 10, window: time.Second, burst: 5, steps: []step{
 		{at: 0, hits: 1, want: ok(4, 5, 100*ms)},
+		{at: 0, hits: 4, dryRun: true, want: ok(0, 5, 500*ms)},
 		{at: 0, hits: 4, want: ok(0, 5, 500*ms)}, // the whole burst at once
 		{at: 0, hits: 1, want: refused(0, 5, 500*ms, 100*ms)},
 		{at: 99 * ms, hits: 1, want: refused(0, 5, 401*ms, 1*ms)},
@@ -186,12 +200,14 @@ func TestTokenBucket(t *testing.T) {
 		{at: 399*ms + 500*µs, hits: 3, want: refused(2, 5, 201*ms, 1*ms)},
 		{at: 400*ms + 500*µs, hits: 3, want: ok(0, 5, 500*ms)},
 		{at: 401 * ms, hits: 6, want: never(0, 5, 499*ms)},
+		{at: 401 * ms, hits: -2, dryRun: true, want: ok(2, 5, 299*ms)},
 		{at: 401 * ms, hits: -2, want: ok(2, 5, 299*ms)},
 		{at: 401 * ms, hits: -100, want: ok(5, 5, 0)}, // a refund stops at full
 		{at: 401 * ms, hits: 5, want: ok(0, 5, 500*ms)},
 		{at: 1401 * ms, hits: 5, want: ok(0, 5, 500*ms)},
 		{at: 1501 * ms, hits: 1, want: ok(0, 5, 500*ms)},
 		{at: 1551 * ms, hits: 1, want: refused(0, 5, 450*ms, 50*ms)},
+		{at: 1551 * ms, hits: 1, countRejected: true, dryRun: true, want: refused(0, 5, 450*ms, 50*ms)},
 		{at: 1551 * ms, hits: 1, countRejected: true, want: refused(0, 5, 550*ms, 150*ms)},
 		{at: 1551 * ms, hits: 6, countRejected: true, want: never(0, 5, 1000*ms)}, // debt capped at one burst
 		{at: 1551 * ms, hits: 0, want: refused(0, 5, 1000*ms, 500*ms)},

@@ -56,7 +56,16 @@ const (
 	TokenBucket   Algorithm = "token_bucket"
 	Priority      Algorithm = "priority"
 	FairShare     Algorithm = "fair_share"
+	// Concurrency limits how many leases (taken by the native API's Acquire) are held at once:
+	// RequestsPerUnit slots (1 to MaxSlots). Its Window is the longest a lease lives, and its
+	// TTL when the caller asks for none; a lease not released frees its slot when that ends.
+	// Elsewhere (Envoy's API, the native Check) the rule is a check that takes no slot: admitted
+	// while a slot is free.
+	Concurrency Algorithm = "concurrency"
 )
+
+// MaxSlots is the largest requests_per_unit of a concurrency rule.
+const MaxSlots = 100_000
 
 // Shared reports whether the algorithm makes every value of the rule's last descriptor entry
 // share one capacity: the value names a priority class or a fair_share tenant, and is left out
@@ -101,7 +110,26 @@ type Limit struct {
 	Priority *PrioritySettings
 	// FairShare holds the settings of a fair_share rule; nil for other algorithms.
 	FairShare *FairShareSettings
+	// FailureMode says how the rule answers while the store fails; FailError unless set.
+	FailureMode FailureMode
 }
+
+// FailureMode is how a rule answers when the store cannot decide.
+type FailureMode string
+
+// Failure modes.
+const (
+	// FailError answers the request with an error (gRPC UNAVAILABLE), so the caller's own
+	// policy decides (Envoy's failure_mode_deny).
+	FailError FailureMode = "error"
+	// FailAllow admits the request, flagged degraded.
+	FailAllow FailureMode = "allow"
+	// FailDeny refuses the request as over the limit, flagged degraded.
+	FailDeny FailureMode = "deny"
+	// FailLocal decides with an in-process limiter at the rule's rate divided by the number
+	// of replicas, flagged degraded.
+	FailLocal FailureMode = "local"
+)
 
 // ShareUnit is a whole share: shares are counted in millionths.
 const ShareUnit = 1_000_000

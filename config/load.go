@@ -351,7 +351,7 @@ func (l *loader) rateLimit(a at, n *yaml.Node, path string) *Limit {
 		return nil
 	}
 	before := len(l.errs)
-	lim := &Limit{Path: path, Algorithm: FixedWindow, UnitMultiplier: 1, NearLimitRatio: DefaultNearLimitRatio}
+	lim := &Limit{Path: path, Algorithm: FixedWindow, UnitMultiplier: 1, NearLimitRatio: DefaultNearLimitRatio, FailureMode: FailError}
 	fields := l.mapping(a, "rate_limit.", n)
 	var unitField, burstField, priorityField, fairShareField *field
 	var replacesAt []*yaml.Node
@@ -372,10 +372,10 @@ func (l *loader) rateLimit(a at, n *yaml.Node, path string) *Limit {
 			s, ok := l.str(a, "rate_limit.algorithm", f.val)
 			switch alg := Algorithm(s); {
 			case !ok:
-			case alg == FixedWindow || alg == SlidingWindow || alg == TokenBucket || alg == Priority || alg == FairShare:
+			case alg == FixedWindow || alg == SlidingWindow || alg == TokenBucket || alg == Priority || alg == FairShare || alg == Concurrency:
 				lim.Algorithm = alg
 			default:
-				l.errf(a, f.val, "rate_limit.algorithm", "unknown algorithm %q (want %s, %s, %s, %s or %s)", s, FixedWindow, SlidingWindow, TokenBucket, Priority, FairShare)
+				l.errf(a, f.val, "rate_limit.algorithm", "unknown algorithm %q (want %s, %s, %s, %s, %s or %s)", s, FixedWindow, SlidingWindow, TokenBucket, Priority, FairShare, Concurrency)
 			}
 		case "priority":
 			priorityField = &f
@@ -396,9 +396,18 @@ func (l *loader) rateLimit(a at, n *yaml.Node, path string) *Limit {
 			}
 		case "count_rejected":
 			lim.CountRejected, _ = l.boolean(a, "rate_limit.count_rejected", f.val)
+		case "failure_mode":
+			s, ok := l.str(a, "rate_limit.failure_mode", f.val)
+			switch m := FailureMode(s); {
+			case !ok:
+			case m == FailError || m == FailAllow || m == FailDeny || m == FailLocal:
+				lim.FailureMode = m
+			default:
+				l.errf(a, f.val, "rate_limit.failure_mode", "unknown failure mode %q (want %s, %s, %s or %s)", s, FailError, FailAllow, FailDeny, FailLocal)
+			}
 		default:
 			l.unknown(a, "rate_limit.", f, "unit", "requests_per_unit", "unlimited", "name", "replaces",
-				"algorithm", "burst", "unit_multiplier", "near_limit_ratio", "count_rejected", "priority", "fair_share")
+				"algorithm", "burst", "unit_multiplier", "near_limit_ratio", "count_rejected", "priority", "fair_share", "failure_mode")
 		}
 	}
 
@@ -438,6 +447,9 @@ func (l *loader) rateLimit(a at, n *yaml.Node, path string) *Limit {
 	}
 	if lim.Algorithm == TokenBucket && !lim.Unlimited && lim.Window > 0 {
 		l.checkBucket(a, n, lim)
+	}
+	if lim.Algorithm == Concurrency && !lim.Unlimited {
+		l.checkSlots(a, n, fields, lim)
 	}
 
 	switch {
@@ -490,6 +502,21 @@ func (l *loader) checkBucket(a at, n *yaml.Node, lim *Limit) {
 	interval := (us + uint64(lim.RequestsPerUnit) - 1) / uint64(lim.RequestsPerUnit)
 	if interval*uint64(lim.Burst) > maxBucketTolerance {
 		l.errf(a, n, "rate_limit.burst", "a burst of %d at %d per %v is beyond what %s counts exactly (burst x window/requests_per_unit must be at most 2^50 us)", lim.Burst, lim.RequestsPerUnit, lim.Window, TokenBucket)
+	}
+}
+
+// checkSlots checks a concurrency rule: 1 to MaxSlots slots, and no count_rejected (a
+// refused lease holds nothing to count).
+func (l *loader) checkSlots(a at, n *yaml.Node, fields fields, lim *Limit) {
+	if lim.RequestsPerUnit < 1 || lim.RequestsPerUnit > MaxSlots {
+		at := n
+		if f, ok := fields.get("requests_per_unit"); ok {
+			at = f.val
+		}
+		l.errf(a, at, "rate_limit.requests_per_unit", "must be from 1 to %d slots with algorithm %s, got %d", MaxSlots, Concurrency, lim.RequestsPerUnit)
+	}
+	if f, ok := fields.get("count_rejected"); ok && lim.CountRejected {
+		l.errf(a, f.val, "rate_limit.count_rejected", "not valid with algorithm %s", Concurrency)
 	}
 }
 

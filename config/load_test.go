@@ -142,6 +142,12 @@ func TestLoadLimits(t *testing.T) {
 				Replaces: []string{"a", "b"}},
 		},
 		{
+			name: "failure_mode",
+			yaml: "rate_limit: {unit: second, requests_per_unit: 2, failure_mode: local}",
+			want: Limit{Path: "d/k", RequestsPerUnit: 2, Unit: UnitSecond, UnitMultiplier: 1, Window: time.Second,
+				Algorithm: FixedWindow, NearLimitRatio: DefaultNearLimitRatio, FailureMode: FailLocal},
+		},
+		{
 			name: "null extensions take their defaults",
 			yaml: "rate_limit: {unit: second, requests_per_unit: 2, unit_multiplier: null, near_limit_ratio: ~, replaces: null}",
 			want: Limit{Path: "d/k", RequestsPerUnit: 2, Unit: UnitSecond, UnitMultiplier: 1, Window: time.Second,
@@ -154,6 +160,9 @@ func TestLoadLimits(t *testing.T) {
 			got := Lookup(s, "d", entries("k", "any"))
 			if got == nil {
 				t.Fatal("Lookup: got nil, want a limit")
+			}
+			if tt.want.FailureMode == "" {
+				tt.want.FailureMode = FailError // the default, left out of the table
 			}
 			if !reflect.DeepEqual(*got, tt.want) {
 				t.Errorf("limit:\ngot  %+v\nwant %+v", *got, tt.want)
@@ -240,8 +249,12 @@ func TestLoadRejects(t *testing.T) {
 			`rate_limit.unit: unknown unit "unknown"`},
 		{"rate_limit a list", head + "rate_limit: [1]",
 			"rate_limit: must be a mapping, got a list"},
-		{"unknown rate_limit field", head + "rate_limit: {unit: second, requests_per_unit: 1, failure_mode: deny}",
-			"rate_limit.failure_mode: unknown field"},
+		{"unknown rate_limit field", head + "rate_limit: {unit: second, requests_per_unit: 1, fail_mode: deny}",
+			"rate_limit.fail_mode: unknown field"},
+		{"unknown failure_mode", head + "rate_limit: {unit: second, requests_per_unit: 1, failure_mode: open}",
+			`rate_limit.failure_mode: unknown failure mode "open" (want error, allow, deny or local)`},
+		{"failure_mode not a string", head + "rate_limit: {unit: second, requests_per_unit: 1, failure_mode: [allow]}",
+			"rate_limit.failure_mode: "},
 		{"empty replaces name", head + "rate_limit: {unit: second, requests_per_unit: 1, replaces: [{name: \"\"}]}",
 			"rate_limit.replaces[0].name: must not be empty"},
 		{"replaces without name", head + "rate_limit: {unit: second, requests_per_unit: 1, replaces: [{}]}",

@@ -137,7 +137,7 @@ func TestLoadSharedRejects(t *testing.T) {
 		{"fair_share unknown field", head + "  - key: t\n    rate_limit:\n      algorithm: fair_share\n      unit: second\n      requests_per_unit: 1\n      fair_share: {idle: 1s}\n",
 			`rate_limit.fair_share.idle: unknown field (want one of idle_timeout, weights)`},
 		{"unknown algorithm lists the new ones", head + "  - key: t\n    rate_limit: {algorithm: fair, unit: second, requests_per_unit: 1}\n",
-			`unknown algorithm "fair" (want fixed_window, sliding_window, token_bucket, priority or fair_share)`},
+			`unknown algorithm "fair" (want fixed_window, sliding_window, token_bucket, priority, fair_share or concurrency)`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

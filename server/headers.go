@@ -37,10 +37,7 @@ func (s *Server) responseHeaders(verdicts []verdict, overall Grade) []*corev3.He
 		}
 		name := policyName(v, i)
 		remaining := remainingOf(v)
-		quota, window := policyOf(v.limit)
-		if v.limit.Algorithm == config.Priority {
-			quota = v.result.Limit // what the request's class may fill
-		}
+		quota, window := policyOf(v)
 		policy.WriteString(name)
 		policy.WriteString(";q=")
 		policy.WriteString(strconv.FormatInt(quota, 10))
@@ -69,7 +66,7 @@ func (s *Server) responseHeaders(verdicts []verdict, overall Grade) []*corev3.He
 	}
 	if s.headers.XRateLimit && tightest >= 0 {
 		v := &verdicts[tightest]
-		quota, _ := policyOf(v.limit)
+		quota, _ := policyOf(v)
 		hs = append(hs,
 			&corev3.HeaderValue{Key: "X-RateLimit-Limit", Value: strconv.FormatInt(quota, 10)},
 			&corev3.HeaderValue{Key: "X-RateLimit-Remaining", Value: strconv.FormatInt(remainingOf(v), 10)},
@@ -79,9 +76,18 @@ func (s *Server) responseHeaders(verdicts []verdict, overall Grade) []*corev3.He
 	return hs
 }
 
-// policyOf is the quota a client may spend at once and the time it takes to come back: the
-// limit per window, or for a token bucket its burst and the time to refill the whole burst.
-func policyOf(l *config.Limit) (quota int64, window time.Duration) {
+// policyOf is the quota a verdict's client may spend at once and the time it takes to come
+// back: the rule's (see ruleQuota), except that a priority class has its own share of it.
+func policyOf(v *verdict) (quota int64, window time.Duration) {
+	if v.limit.Algorithm == config.Priority && v.result.Limit > 0 {
+		return v.result.Limit, v.limit.Window
+	}
+	return ruleQuota(v.limit)
+}
+
+// ruleQuota is a rule's quota and window: the limit per window, or for a token bucket its
+// burst and the time to refill the whole burst.
+func ruleQuota(l *config.Limit) (quota int64, window time.Duration) {
 	if l.Algorithm == config.TokenBucket && l.RequestsPerUnit > 0 {
 		return int64(l.Burst), time.Duration(int64(l.Window) / int64(l.RequestsPerUnit) * int64(l.Burst))
 	}
@@ -144,7 +150,7 @@ func ceilSeconds(d time.Duration) int64 {
 // descriptor, so Envoy access logs and routing can use them.
 func metadata(verdicts []verdict, overall Grade) *structpb.Struct {
 	list := make([]*structpb.Value, len(verdicts))
-	shadowed := false
+	shadowed, degraded := false, false
 	for i := range verdicts {
 		v := &verdicts[i]
 		f := map[string]*structpb.Value{"grade": structpb.NewStringValue(v.grade.String())}
@@ -156,7 +162,7 @@ func metadata(verdicts []verdict, overall Grade) *structpb.Struct {
 			f["unlimited"] = structpb.NewBoolValue(true)
 		default:
 			f["limited"] = structpb.NewBoolValue(true)
-			quota, _ := policyOf(v.limit)
+			quota, _ := policyOf(v)
 			f["limit"] = structpb.NewNumberValue(float64(quota))
 			f["remaining"] = structpb.NewNumberValue(float64(remainingOf(v)))
 			f["reset_after_ms"] = structpb.NewNumberValue(float64(v.result.ResetAfter.Milliseconds()))
@@ -176,6 +182,12 @@ func metadata(verdicts []verdict, overall Grade) *structpb.Struct {
 				f["shadow"] = structpb.NewBoolValue(true)
 				shadowed = true
 			}
+			if v.degraded {
+				// Answered by the rule's failure mode while the store failed.
+				f["degraded"] = structpb.NewBoolValue(true)
+				f["failure_mode"] = structpb.NewStringValue(string(v.limit.FailureMode))
+				degraded = true
+			}
 		}
 		list[i] = structpb.NewStructValue(&structpb.Struct{Fields: f})
 	}
@@ -185,6 +197,9 @@ func metadata(verdicts []verdict, overall Grade) *structpb.Struct {
 	}
 	if shadowed {
 		top["shadow"] = structpb.NewBoolValue(true)
+	}
+	if degraded {
+		top["degraded"] = structpb.NewBoolValue(true)
 	}
 	return &structpb.Struct{Fields: top}
 }

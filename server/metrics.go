@@ -1,6 +1,10 @@
 package server
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/ratelimitd/ratelimitd/config"
+)
 
 // metrics are the server's Prometheus collectors. No label carries a descriptor value, and the
 // domain label only takes configured domains (anything else is "other"), so cardinality stays
@@ -12,6 +16,8 @@ type metrics struct {
 	storageErrors  *prometheus.CounterVec
 	reloads        *prometheus.CounterVec
 	rules          prometheus.Gauge
+	// degraded counts descriptors answered by their failure mode, by mode.
+	degraded map[config.FailureMode]prometheus.Counter
 	// storage holds the resolved series of each op ("decide", "refund"), so the hot path does
 	// no label lookup.
 	storage map[string]storageSeries
@@ -50,6 +56,14 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "Descriptor rules carrying a rate_limit in the configuration in force.",
 		}),
 	}
+	degraded := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "ratelimitd_degraded_decisions_total",
+		Help: "Limited descriptors answered by their rule's failure_mode (allow, deny or local) while the store failed.",
+	}, []string{"mode"})
+	m.degraded = make(map[config.FailureMode]prometheus.Counter)
+	for _, mode := range failureModes {
+		m.degraded[mode] = degraded.WithLabelValues(string(mode))
+	}
 	m.storage = make(map[string]storageSeries)
 	for _, op := range []string{"decide", "refund"} {
 		m.storage[op] = storageSeries{m.storageSeconds.WithLabelValues(op), m.storageErrors.WithLabelValues(op)}
@@ -58,7 +72,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	m.reloads.WithLabelValues("ok")
 	m.reloads.WithLabelValues("error")
 	if reg != nil {
-		reg.MustRegister(m.decisions, m.invalid, m.storageSeconds, m.storageErrors, m.reloads, m.rules)
+		reg.MustRegister(m.decisions, m.invalid, m.storageSeconds, m.storageErrors, m.reloads, m.rules, degraded)
 	}
 	return m
 }

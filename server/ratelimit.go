@@ -29,6 +29,8 @@ type verdict struct {
 	grade  Grade
 	// shadow marks a refusal that shadow mode turned into an admission.
 	shadow bool
+	// degraded marks an answer given by the rule's failure mode while the store failed.
+	degraded bool
 	// member is the priority class (after the fallback to the default class) or the
 	// fair_share tenant; empty for other algorithms.
 	member string
@@ -65,6 +67,10 @@ type options struct {
 	priority, tenant string
 	// dryRun grades as if charged and charges nothing.
 	dryRun bool
+	// lease, when not zero, is the lease that Acquire takes a slot of every concurrency rule
+	// for, for leaseTTL. Without one, a concurrency rule is a check that takes no slot.
+	lease    int64
+	leaseTTL time.Duration
 }
 
 // count records an answered request under its domain (or "other" when it is not configured).
@@ -156,6 +162,14 @@ func (s *Server) run(ctx context.Context, domain string, req *rlsv3.RateLimitReq
 			}
 			v.member, call.Member = value, value
 			call.Weight, call.IdleTimeout = l.FairShare.Weight(value), l.FairShare.IdleTimeout
+		case l.Algorithm == config.Concurrency:
+			// Only a lease takes a slot (one, whatever the cost); otherwise the rule checks
+			// that a slot is free. A refused request releases the slot (refund, hits -1).
+			v.hits = 0
+			if opts.lease != 0 {
+				v.hits, call.Lease, call.Window = 1, opts.lease, opts.leaseTTL
+			}
+			call.Hits = v.hits
 		}
 		calls = append(calls, call)
 		if req.GetDescriptors()[i].GetLimit() != nil {
@@ -170,17 +184,12 @@ func (s *Server) run(ctx context.Context, domain string, req *rlsv3.RateLimitReq
 	if len(calls) == 0 {
 		return nil
 	}
+	charged := time.Now()
 	results, err := s.decide(ctx, "decide", calls)
+	roundTrip := time.Since(charged)
 	if err != nil {
-		if ctxErr := ctx.Err(); ctxErr != nil {
-			return status.FromContextError(ctxErr).Err()
-		}
-		s.log.Warn("storage failed", zap.String("domain", domain), zap.Error(err))
-		// The details (addresses, server messages) go to the log, not to callers.
-		if errors.Is(err, context.DeadlineExceeded) {
-			return status.Error(codes.Unavailable, "storage unavailable: no answer within the deadline")
-		}
-		return status.Error(codes.Unavailable, "storage unavailable")
+		// The rules' failure modes decide (failure.go).
+		return s.storeFailed(ctx, domain, err, calls, owners, verdicts)
 	}
 	refused := false
 	for k, i := range owners {
@@ -196,19 +205,27 @@ func (s *Server) run(ctx context.Context, domain string, req *rlsv3.RateLimitReq
 		}
 	}
 	if refused && !opts.dryRun {
-		s.refund(ctx, domain, calls, owners, verdicts)
+		s.refund(ctx, domain, calls, owners, verdicts, charged, roundTrip)
 	}
 	return nil
 }
 
 // refund gives back what the admitted descriptors of a refused request were charged. A failed
 // refund is logged and counted; the request stays refused, so the error is on the safe side.
-func (s *Server) refund(ctx context.Context, domain string, calls []algorithms.Request, owners []int, verdicts []verdict) {
+//
+// A fixed window's refund is given only while the window it was charged in surely lasts:
+// decided by the replica's own elapsed time since the charge was sent plus one round trip,
+// never by comparing clocks. Otherwise the refund would land in the next window and let its
+// hits through; a skipped refund errs on the side of refusal.
+func (s *Server) refund(ctx context.Context, domain string, calls []algorithms.Request, owners []int, verdicts []verdict, charged time.Time, roundTrip time.Duration) {
 	var back []algorithms.Request
 	var whose []int
 	for k, i := range owners {
 		v := &verdicts[i]
 		if !v.result.Allowed || v.hits <= 0 || v.limit.CountRejected {
+			continue
+		}
+		if v.limit.Algorithm == config.FixedWindow && time.Since(charged)+roundTrip >= v.result.ResetAfter {
 			continue
 		}
 		c := calls[k]

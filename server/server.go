@@ -44,6 +44,14 @@ type Options struct {
 	DeadlineMargin time.Duration
 	// Headers chooses the optional response headers.
 	Headers HeaderOptions
+	// Replicas is the number of replicas sharing the store: failure_mode local divides a
+	// rule's rate by it. Default 1.
+	Replicas int
+	// Local is the in-process decider of failure_mode local (a memory store of its own); nil
+	// makes local answer like error.
+	Local algorithms.Decider
+	// Overload tunes the adaptive limit on in-flight decisions (UnaryInterceptor).
+	Overload OverloadOptions
 }
 
 // HeaderOptions chooses the headers added to Envoy's responses.
@@ -72,6 +80,9 @@ type Server struct {
 	margin         time.Duration
 	headers        HeaderOptions
 	rules          atomic.Pointer[rules]
+	replicas       int
+	local          algorithms.Decider
+	overload       *overload
 }
 
 // rules is one immutable snapshot of the configuration.
@@ -91,6 +102,11 @@ func New(opts Options) *Server {
 		storageTimeout: opts.StorageTimeout,
 		margin:         opts.DeadlineMargin,
 		headers:        opts.Headers,
+		replicas:       opts.Replicas,
+		local:          opts.Local,
+	}
+	if s.replicas <= 0 {
+		s.replicas = 1
 	}
 	if s.log == nil {
 		s.log = zap.NewNop()
@@ -111,6 +127,7 @@ func New(opts Options) *Server {
 		s.headers.NearLimitValue = "near-limit"
 	}
 	s.metrics = newMetrics(opts.Registerer)
+	s.overload = newOverload(opts.Overload, opts.Registerer)
 	return s
 }
 

@@ -342,3 +342,31 @@ func TestShadowLimitsStayOutOfHeaders(t *testing.T) {
 		t.Errorf("headers for a shadow limit alone: %v, want none", got)
 	}
 }
+
+// slowDecider answers like the store it wraps, after a delay.
+type slowDecider struct {
+	next  algorithms.Decider
+	delay time.Duration
+}
+
+func (d slowDecider) Decide(ctx context.Context, reqs []algorithms.Request) ([]algorithms.Result, error) {
+	time.Sleep(d.delay)
+	return d.next.Decide(ctx, reqs)
+}
+
+// TestNoRefundIntoTheNextWindow: when a fixed window may have ended between the charge and
+// the refund, the refund is skipped (it would free hits in the next window).
+func TestNoRefundIntoTheNextWindow(t *testing.T) {
+	h := newHarness(t, Options{})
+	h.srv.decider = slowDecider{next: h.srv.decider, delay: 5 * time.Millisecond}
+	h.call(t, d("one", "w"))
+	// 2ms before the window ends: the charge's round trip (5ms) outlasts what is left.
+	h.clock.Add(50*time.Second - 2*time.Millisecond)
+	resp := h.call(t, d("fw", "w"), d("one", "w"))
+	if resp.GetOverallCode() != rlsv3.RateLimitResponse_OVER_LIMIT {
+		t.Fatalf("overall %v, want OVER_LIMIT", resp.GetOverallCode())
+	}
+	if got := h.call(t, d("fw", "w")).GetStatuses()[0].GetLimitRemaining(); got != 2 {
+		t.Errorf("fw after a refused request at the window's end: remaining %d, want 2 (not refunded)", got)
+	}
+}

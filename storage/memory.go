@@ -90,6 +90,22 @@ func (m *Memory) Update(key string, fn func(now time.Time, state []int64) (next 
 	s.entries[key] = memoryEntry{state: next, expires: nowNs + int64(ttl)}
 }
 
+// Peek calls fn with the store's clock reading and the current state of key, nil when the key
+// is absent or expired, and changes nothing: the state and its expiry stay as they are. fn
+// runs with the shard's lock held, like Update's; it must not modify state or keep it after it
+// returns (copy it to work on it).
+func (m *Memory) Peek(key string, fn func(now time.Time, state []int64)) {
+	s := &m.shards[shardOf(key)]
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	now := m.now()
+	var state []int64
+	if e, ok := s.entries[key]; ok && e.expires > now.UnixNano() {
+		state = e.state
+	}
+	fn(now, state)
+}
+
 // sweep deletes the expired entries among a few it examines. Map iteration starts at a random
 // place, so the examined entries are a fresh sample each time.
 func (s *memoryShard) sweep(nowNs int64) {

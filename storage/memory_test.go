@@ -141,3 +141,39 @@ func BenchmarkMemoryUpdate(b *testing.B) {
 		}
 	})
 }
+
+// TestMemoryPeek checks that Peek sees what Update stored, treats an expired entry as absent,
+// and changes neither the state nor its expiry.
+func TestMemoryPeek(t *testing.T) {
+	clk := &fakeClock{now: time.Unix(1000, 0)}
+	m := NewMemory(MemoryOptions{Now: clk.Now})
+	peek := func(key string) []int64 {
+		var got []int64
+		m.Peek(key, func(now time.Time, s []int64) {
+			if !now.Equal(clk.now) {
+				t.Errorf("fn got now %v, want the store's clock %v", now, clk.now)
+			}
+			got = append([]int64(nil), s...)
+		})
+		return got
+	}
+	if got := peek("k"); got != nil {
+		t.Errorf("absent key: got %v, want nil", got)
+	}
+	if n := m.Len(); n != 0 {
+		t.Errorf("Peek of an absent key stored something: Len %d, want 0", n)
+	}
+	m.Update("k", func(time.Time, []int64) ([]int64, time.Duration) { return []int64{7, 8}, time.Second })
+	e := m.shards[shardOf("k")].entries["k"]
+	clk.now = clk.now.Add(999 * time.Millisecond)
+	if got := peek("k"); len(got) != 2 || got[0] != 7 || got[1] != 8 {
+		t.Errorf("got %v, want [7 8]", got)
+	}
+	if after := m.shards[shardOf("k")].entries["k"]; after.expires != e.expires || &after.state[0] != &e.state[0] {
+		t.Errorf("Peek changed the entry: expiry %d -> %d", e.expires, after.expires)
+	}
+	clk.now = clk.now.Add(time.Millisecond) // the expiry: gone
+	if got := peek("k"); got != nil {
+		t.Errorf("expired key: got %v, want nil", got)
+	}
+}

@@ -57,6 +57,12 @@ type Options struct {
 	// answer changes: err is why it stopped answering, or nil when it answers again. (The
 	// ring itself takes a shard out only after 3 failed checks in a row.)
 	OnShardHealth func(addr string, err error)
+
+	// Breaker skips each server (the single server, a ring's shard, a cluster's node, a
+	// sentinel-managed primary) that keeps failing, so that calls to it fail fast for a short,
+	// growing interval; nil installs NewBreaker(BreakerOptions{}). NoBreaker installs none.
+	Breaker   *Breaker
+	NoBreaker bool
 }
 
 // Open returns a client for the deployment opts describe. Whatever the topology, the client
@@ -96,6 +102,21 @@ func Open(opts Options) (redis.UniversalClient, error) {
 			return nil, err
 		}
 	}
+	breaker := opts.Breaker
+	if breaker == nil && !opts.NoBreaker {
+		breaker = NewBreaker(BreakerOptions{})
+	}
+	if opts.NoBreaker {
+		breaker = nil
+	}
+	// newClient builds the client of one server, guarded by the breaker.
+	newClient := func(o *redis.Options) *redis.Client {
+		c := redis.NewClient(o)
+		if breaker != nil {
+			breaker.install(c)
+		}
+		return c
+	}
 
 	switch {
 	case opts.URL != "":
@@ -120,7 +141,7 @@ func Open(opts Options) (redis.UniversalClient, error) {
 		if o.DialerRetries == 0 {
 			o.DialerRetries = 1 // one attempt per dial, not 5 with backoff: fail fast when down
 		}
-		return redis.NewClient(o), nil
+		return newClient(o), nil
 
 	case len(opts.Shards) > 0:
 		addrs := make(map[string]string, len(opts.Shards))
@@ -145,6 +166,7 @@ func Open(opts Options) (redis.UniversalClient, error) {
 			MaxRetries:            -1,
 			DialTimeout:           dial,
 			DialerRetries:         1,
+			NewClient:             newClient,
 		}), nil
 
 	case len(opts.Cluster) > 0:
@@ -157,13 +179,14 @@ func Open(opts Options) (redis.UniversalClient, error) {
 			MaxRetries:            -1,
 			DialTimeout:           dial,
 			DialerRetries:         1,
+			NewClient:             newClient,
 		}), nil
 
 	default:
 		if opts.SentinelMaster == "" || len(opts.Sentinels) == 0 {
 			return nil, errors.New("sentinel: want a master name and at least one sentinel address")
 		}
-		return redis.NewFailoverClient(&redis.FailoverOptions{
+		c := redis.NewFailoverClient(&redis.FailoverOptions{
 			MasterName:            opts.SentinelMaster,
 			SentinelAddrs:         opts.Sentinels,
 			Username:              opts.Username,
@@ -173,7 +196,11 @@ func Open(opts Options) (redis.UniversalClient, error) {
 			MaxRetries:            -1,
 			DialTimeout:           dial,
 			DialerRetries:         1,
-		}), nil
+		})
+		if breaker != nil {
+			c.AddHook(breaker.hook("primary of " + opts.SentinelMaster))
+		}
+		return c, nil
 	}
 }
 

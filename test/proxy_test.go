@@ -10,12 +10,15 @@ import (
 )
 
 // proxy forwards TCP connections on a loopback port to a target, and can stall: while stalled,
-// it holds every byte it receives, as a Redis that stopped answering would.
+// it holds every byte it receives, as a Redis that stopped answering would. It can also delay
+// every response (what the target sends back) by a set latency, as a slow Redis would: each
+// chunk is delivered that long after it arrived, without holding back the chunks behind it.
 type proxy struct {
 	Addr    string
 	target  string
 	lis     net.Listener
 	stalled atomic.Bool
+	delay   atomic.Int64 // nanoseconds added to every response
 	wg      sync.WaitGroup
 	mu      sync.Mutex
 	conns   []net.Conn
@@ -51,7 +54,7 @@ func (p *proxy) accept() {
 		p.conns = append(p.conns, c, up)
 		p.mu.Unlock()
 		p.wg.Go(func() { p.pipe(up, c) })
-		p.wg.Go(func() { p.pipe(c, up) })
+		p.wg.Go(func() { p.pipeDelayed(c, up) })
 	}
 }
 
@@ -77,6 +80,49 @@ func (p *proxy) pipe(dst, src net.Conn) {
 		}
 	}
 }
+
+// pipeDelayed copies the target's responses in src to dst, each chunk delayed by the
+// latency set when it arrived.
+func (p *proxy) pipeDelayed(dst, src net.Conn) {
+	type chunk struct {
+		data []byte
+		at   time.Time
+	}
+	queue := make(chan chunk, 1024)
+	p.wg.Go(func() {
+		defer dst.Close()
+		for c := range queue {
+			if d := time.Until(c.at); d > 0 {
+				time.Sleep(d)
+			}
+			if _, err := dst.Write(c.data); err != nil {
+				for range queue {
+				}
+				return
+			}
+		}
+	})
+	defer close(queue)
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := src.Read(buf)
+		if n > 0 {
+			for p.stalled.Load() {
+				p.mu.Lock()
+				resume := p.resume
+				p.mu.Unlock()
+				<-resume
+			}
+			queue <- chunk{data: append([]byte(nil), buf[:n]...), at: time.Now().Add(time.Duration(p.delay.Load()))}
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+// setDelay adds d to every response from now on (0: none).
+func (p *proxy) setDelay(d time.Duration) { p.delay.Store(int64(d)) }
 
 // stall holds all traffic until unstall.
 func (p *proxy) stall() { p.stalled.Store(true) }

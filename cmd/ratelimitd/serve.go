@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strings"
 	"sync"
 	"time"
 
@@ -42,6 +43,16 @@ type serveFlags struct {
 	logLevel        string
 	shutdownTimeout time.Duration
 	overLimitCache  int // -overlimit-cache-size
+	replicas        int
+	overload        bool
+	overloadInit    int
+	overloadMin     int
+	overloadMax     int
+	overloadLow     string
+	overloadRetry   time.Duration
+	breakerFailures int
+	breakerMinSkip  time.Duration
+	breakerMaxSkip  time.Duration
 	// known lists the environment variables of serve's flags.
 	known map[string]bool
 }
@@ -63,6 +74,16 @@ func parseServeFlags(args []string, stderr io.Writer) (serveFlags, error) {
 	fs.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	durationFlag(fs, &f.shutdownTimeout, "shutdown-timeout", 10*time.Second, "how long in-flight requests may finish on SIGINT/SIGTERM")
 	fs.IntVar(&f.overLimitCache, "overlimit-cache-size", 0, "number of over-limit keys remembered in the process, refused without a storage call until their retry-after ends (0: off)")
+	fs.IntVar(&f.replicas, "replicas", 1, "number of ratelimitd replicas sharing the store: failure_mode local divides each rule's rate by it")
+	boolFlag(fs, &f.overload, "overload", true, "shed requests beyond an adaptive limit on in-flight decisions with RESOURCE_EXHAUSTED and a retry hint")
+	fs.IntVar(&f.overloadInit, "overload-initial-limit", server.DefaultOverloadInitialLimit, "in-flight limit at start")
+	fs.IntVar(&f.overloadMin, "overload-min-limit", server.DefaultOverloadMinLimit, "lowest in-flight limit (equal to -overload-max-limit: a fixed limit)")
+	fs.IntVar(&f.overloadMax, "overload-max-limit", server.DefaultOverloadMaxLimit, "highest in-flight limit")
+	fs.StringVar(&f.overloadLow, "overload-low-priority", "sheddable", "comma-separated native API priority values shed first (refused from half the in-flight limit)")
+	durationFlag(fs, &f.overloadRetry, "overload-retry-after", server.DefaultOverloadRetryAfter, "retry hint of a request shed for overload")
+	fs.IntVar(&f.breakerFailures, "redis-breaker-failures", storage.DefaultBreakerFailures, "consecutive failures after which a Redis server is skipped for a while (0: never skip)")
+	durationFlag(fs, &f.breakerMinSkip, "redis-breaker-min-skip", storage.DefaultBreakerMinSkip, "first skip interval of a failing Redis server; doubles while its probes fail")
+	durationFlag(fs, &f.breakerMaxSkip, "redis-breaker-max-skip", storage.DefaultBreakerMaxSkip, "longest skip interval of a failing Redis server")
 	if err := parseWithEnv(fs, args, os.LookupEnv); err != nil {
 		return f, err
 	}
@@ -82,6 +103,18 @@ func parseServeFlags(args []string, stderr io.Writer) (serveFlags, error) {
 		return f, errors.New("-deadline-margin: must not be negative")
 	case f.overLimitCache < 0:
 		return f, errors.New("-overlimit-cache-size: must not be negative (0 turns the cache off)")
+	case f.replicas < 1:
+		return f, errors.New("-replicas: must be at least 1")
+	case f.overloadInit < 1 || f.overloadMin < 1 || f.overloadMax < 1:
+		return f, errors.New("-overload-initial-limit, -overload-min-limit, -overload-max-limit: must be at least 1")
+	case f.overloadMin > f.overloadMax:
+		return f, fmt.Errorf("-overload-min-limit: %d is above -overload-max-limit %d", f.overloadMin, f.overloadMax)
+	case f.overloadRetry <= 0:
+		return f, errors.New("-overload-retry-after: must be positive")
+	case f.breakerFailures < 0:
+		return f, errors.New("-redis-breaker-failures: must not be negative (0 turns the breaker off)")
+	case f.breakerMinSkip <= 0 || f.breakerMaxSkip < f.breakerMinSkip:
+		return f, errors.New("-redis-breaker-min-skip, -redis-breaker-max-skip: want 0 < min <= max")
 	}
 	if err := f.redis.check(); err != nil {
 		return f, err
@@ -135,14 +168,15 @@ func runServer(ctx context.Context, f serveFlags, log *zap.Logger) error {
 	if err != nil {
 		return fmt.Errorf("-config: %w", err)
 	}
-	decider, pinger, closeStore, err := openStore(ctx, f.redis, log)
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	breaker := newBreaker(f, reg, log)
+	decider, pinger, closeStore, err := openStore(ctx, f.redis, breaker, log)
 	if err != nil {
 		return err
 	}
 	defer closeStore()
 
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	if f.overLimitCache > 0 {
 		decider = withOverLimitCache(decider, f.overLimitCache, reg, log)
 	}
@@ -158,6 +192,16 @@ func runServer(ctx context.Context, f serveFlags, log *zap.Logger) error {
 		StorageTimeout: f.storageTimeout,
 		DeadlineMargin: f.deadlineMargin,
 		Headers:        headers,
+		Replicas:       f.replicas,
+		Local:          algorithms.NewMemory(storage.NewMemory(storage.MemoryOptions{})),
+		Overload: server.OverloadOptions{
+			Disabled:      !f.overload,
+			InitialLimit:  f.overloadInit,
+			MinLimit:      f.overloadMin,
+			MaxLimit:      f.overloadMax,
+			LowPriorities: splitList(f.overloadLow),
+			RetryAfter:    f.overloadRetry,
+		},
 	})
 	srv.SetRules(set)
 	log.Info("configuration loaded", zap.String("dir", f.configDir), zap.Strings("domains", set.Domains()), zap.Int("rules", set.RuleCount()))
@@ -174,7 +218,7 @@ func runServer(ctx context.Context, f serveFlags, log *zap.Logger) error {
 		return fmt.Errorf("listen -http-addr: %w", err)
 	}
 
-	g := grpc.NewServer()
+	g := grpc.NewServer(grpc.ChainUnaryInterceptor(srv.UnaryInterceptor()))
 	srv.Register(g)
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(g, hs)
@@ -227,6 +271,49 @@ func runServer(ctx context.Context, f serveFlags, log *zap.Logger) error {
 	return runErr
 }
 
+// newBreaker builds the Redis breaker the flags ask for (nil when off) and registers its
+// metrics on reg.
+func newBreaker(f serveFlags, reg prometheus.Registerer, log *zap.Logger) *storage.Breaker {
+	if f.breakerFailures == 0 {
+		return nil
+	}
+	blog := log.Named("redis")
+	b := storage.NewBreaker(storage.BreakerOptions{
+		Failures: f.breakerFailures,
+		MinSkip:  f.breakerMinSkip,
+		MaxSkip:  f.breakerMaxSkip,
+		OnChange: func(addr string, skip time.Duration, err error) {
+			if err != nil {
+				blog.Warn("redis server keeps failing; calls to it fail fast until a probe succeeds", zap.String("server", addr), zap.Duration("next_probe_in", skip), zap.Error(err))
+				return
+			}
+			blog.Info("redis server answers again; calls to it resume", zap.String("server", addr))
+		},
+	})
+	reg.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "ratelimitd_redis_breaker_open",
+			Help: "Redis servers currently skipped after consecutive failures.",
+		}, func() float64 { return float64(b.Open()) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "ratelimitd_redis_breaker_skipped_total",
+			Help: "Redis calls failed fast, without reaching their server, because it kept failing.",
+		}, func() float64 { return float64(b.Total().Skipped) }),
+	)
+	return b
+}
+
+// splitList splits a comma-separated list, dropping empty entries.
+func splitList(s string) []string {
+	var out []string
+	for _, p := range strings.Split(s, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
 // redisLogger writes go-redis's messages into zap.
 type redisLogger struct{ log *zap.SugaredLogger }
 
@@ -236,7 +323,7 @@ func (l redisLogger) Printf(_ context.Context, format string, v ...any) {
 
 // openStore connects the store named by the flags: Redis when a topology is given, else the
 // in-memory store. Redis that does not answer yet is not an error: readiness reports it.
-func openStore(ctx context.Context, rf redisFlags, log *zap.Logger) (algorithms.Decider, server.Pinger, func(), error) {
+func openStore(ctx context.Context, rf redisFlags, breaker *storage.Breaker, log *zap.Logger) (algorithms.Decider, server.Pinger, func(), error) {
 	if !rf.any() {
 		log.Warn("no Redis topology (-redis-url, -redis-shards, -redis-cluster or -redis-sentinel): using the in-memory store; state is local to this process, so run a single replica only")
 		d := algorithms.NewMemory(storage.NewMemory(storage.MemoryOptions{}))
@@ -254,6 +341,7 @@ func openStore(ctx context.Context, rf redisFlags, log *zap.Logger) (algorithms.
 		}
 		shardLog.Info("redis shard answers; it is in the ring and its keys are back on it", zap.String("shard", addr))
 	}
+	opts.Breaker, opts.NoBreaker = breaker, breaker == nil
 	client, err := storage.Open(opts)
 	if err != nil {
 		return nil, nil, nil, fmt.Errorf("%s: %w", rf.topologyFlag(), err)
