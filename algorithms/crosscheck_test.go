@@ -207,7 +207,7 @@ func bursty(rng *rand.Rand, start time.Duration, limit int64, w, span time.Durat
 
 // runSliding runs the twin, one hit per arrival, and returns the admitted and refused times.
 func runSliding(limit int64, w time.Duration, arrivals []time.Duration) (log, refusals []time.Duration) {
-	p := params{limit: limit, windowMs: w.Milliseconds(), hits: 1}
+	p := params{limit: limit, capacity: limit, windowMs: w.Milliseconds(), hits: 1}
 	var state []int64
 	start := epoch.UnixMicro()
 	for _, at := range arrivals {

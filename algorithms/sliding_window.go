@@ -53,12 +53,24 @@ const slidingBuckets = 20
 // never needed for correctness: TTL ResetAfter. The total saturates at 2^52, so every value
 // stays an exact integer below 2^53 and no bound on limit * W is needed.
 var slidingWindow = algorithm{
-	id:     1,
-	name:   SlidingWindow,
-	script: storage.NewScript(slidingWindowLua),
-	check:  func(p params) (params, error) { return p, nil },
-	twin:   slidingWindowTwin,
+	id:       1,
+	name:     SlidingWindow,
+	script:   slidingWindowScript,
+	replyLen: replyLen + 1,
+	check: func(p params) (params, error) {
+		p.capacity = p.limit
+		return p, nil
+	},
+	args: capacityArg,
+	twin: slidingWindowTwin,
 }
+
+// slidingWindowScript decides both sliding_window and priority, which is a sliding window
+// whose capacity is the request's class's part of the limit.
+var slidingWindowScript = storage.NewScript(slidingWindowLua)
+
+// capacityArg is the script's ARGV[6]: the capacity the hits must fit.
+func capacityArg(p params) []any { return []any{p.capacity} }
 
 func slidingWindowTwin(nowUs int64, state []int64, p params) (reply, []int64, time.Duration) {
 	w := p.windowMs
@@ -89,9 +101,11 @@ func slidingWindowTwin(nowUs int64, state []int64, p params) (reply, []int64, ti
 		count += n
 	}
 
-	var allowed bool
+	var allowed, shed bool
+	capacity := p.capacity
 	if p.hits > 0 {
-		allowed = count+p.hits <= p.limit
+		allowed = count+p.hits <= capacity
+		shed = !allowed && p.hits <= capacity && count+p.hits <= p.limit
 		if allowed || p.countRejected == 1 {
 			add := min(p.hits, maxProduct-count)
 			c[k-1] += add
@@ -105,12 +119,13 @@ func slidingWindowTwin(nowUs int64, state []int64, p params) (reply, []int64, ti
 			owed -= take
 			count -= take
 		}
-		allowed = count <= p.limit
+		allowed = count <= capacity
+		shed = !allowed && count <= p.limit
 	}
 
 	var retry int64
-	if !allowed && p.hits <= p.limit {
-		need := count + max(p.hits, 0) - p.limit
+	if !allowed && p.hits <= capacity {
+		need := count + max(p.hits, 0) - capacity
 		for i, n := range c {
 			if need -= n; need <= 0 {
 				retry = (oldest+int64(i)+1)*bw + w - now
@@ -128,7 +143,7 @@ func slidingWindowTwin(nowUs int64, state []int64, p params) (reply, []int64, ti
 			}
 		}
 	}
-	r := reply{boolInt(allowed), max(p.limit-count, 0), p.limit, 0, retry}
+	r := reply{boolInt(allowed), max(capacity-count, 0), capacity, 0, retry, boolInt(shed)}
 	if newest < 0 {
 		return r, nil, 0
 	}

@@ -1,11 +1,15 @@
 local t = redis.call('TIME')
--- sliding_window: counts per sub-window ("bucket") of bw = max(1, floor(window_ms / 20)) ms,
--- epoch-aligned (bucket b covers [b * bw, (b + 1) * bw)). A bucket counts while it intersects
--- the sliding window: while now < (b + 1) * bw + window_ms. Hits are admitted while the sum
--- of the counted buckets plus the hits is at most the limit.
+-- sliding_window and priority: counts per sub-window ("bucket") of
+-- bw = max(1, floor(window_ms / 20)) ms, epoch-aligned (bucket b covers [b * bw, (b + 1) * bw)).
+-- A bucket counts while it intersects the sliding window: while now < (b + 1) * bw + window_ms.
+-- Hits are admitted while the sum of the counted buckets plus the hits is at most the capacity:
+-- the limit for sliding_window; for priority the request's class capacity,
+-- floor(share * limit), computed by the caller, every class sharing the one count.
 -- KEYS[1]: hash {bucket index (decimal) = count > 0}; any other field is stale and deleted.
--- ARGV: limit, window_ms, burst (unused), hits, mode (0 normal, 1 count_rejected, 2 dry run).
--- Returns {allowed, remaining, limit, reset_after_ms, retry_after_ms}.
+-- ARGV: limit, window_ms, burst (unused), hits, mode (0 normal, 1 count_rejected, 2 dry run),
+-- capacity (the limit, or a priority class's part of it).
+-- Returns {allowed, remaining, capacity, reset_after_ms, retry_after_ms, shed}: shed is 1 when
+-- refused while the whole limit still holds the hits (room kept for higher classes).
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local limit = tonumber(ARGV[1])
 local window = tonumber(ARGV[2])
@@ -13,20 +17,17 @@ local hits = tonumber(ARGV[4])
 local count_rejected = ARGV[5] == '1'
 -- A dry run computes the same reply as a normal call and writes nothing.
 local dry = ARGV[5] == '2'
--- The total count saturates at 2^52, so that it plus any hits stays exact in a Lua number.
+local cap = tonumber(ARGV[6])
 local max_count = 4503599627370496
 
 local bw = math.max(1, math.floor(window / 20))
 local cur = math.floor(now / bw)
--- The oldest bucket that counts; c[i] is the count of bucket oldest + i, i in [0, k).
 local oldest = 0
 if now >= window then oldest = math.floor((now - window) / bw) end
 local k = cur - oldest + 1
 local c = {}
 for i = 0, k - 1 do c[i] = 0 end
 
--- Fields that are not a canonical bucket index in [oldest, cur] with a positive count (stale
--- buckets, buckets of another width, a former layout) are deleted on write.
 local f = redis.call('HGETALL', KEYS[1])
 local del = {}
 for i = 1, #f, 2 do
@@ -43,9 +44,10 @@ local count = 0
 for i = 0, k - 1 do count = count + c[i] end
 
 local changed = {}
-local allowed
+local allowed, shed
 if hits > 0 then
-  allowed = count + hits <= limit
+  allowed = count + hits <= cap
+  shed = not allowed and hits <= cap and count + hits <= limit
   if allowed or count_rejected then
     local add = math.min(hits, max_count - count)
     c[k - 1] = c[k - 1] + add
@@ -66,13 +68,15 @@ else
     end
     i = i - 1
   end
-  allowed = count <= limit
+  allowed = count <= cap
+  shed = not allowed and count <= limit
 end
 
--- Exact: the buckets stop counting oldest first, bucket b at (b + 1) * bw + window_ms.
+-- Exact: the buckets stop counting oldest first, bucket b at (b + 1) * bw + window_ms; the
+-- class may go on once the count has fallen to cap - hits.
 local retry = 0
-if not allowed and hits <= limit then
-  local need = count + math.max(hits, 0) - limit
+if not allowed and hits <= cap then
+  local need = count + math.max(hits, 0) - cap
   for i = 0, k - 1 do
     need = need - c[i]
     if need <= 0 then
@@ -108,6 +112,6 @@ elseif #changed > 0 or #del > 0 then
   if #set > 0 then redis.call('HSET', KEYS[1], unpack(set)) end
   redis.call('PEXPIRE', KEYS[1], reset)
 end
-local remaining = limit - count
+local remaining = cap - count
 if remaining < 0 then remaining = 0 end
-return {allowed and 1 or 0, remaining, limit, reset, retry}
+return {allowed and 1 or 0, remaining, cap, reset, retry, shed and 1 or 0}
