@@ -277,51 +277,57 @@ func TestSharedInvalidRequests(t *testing.T) {
 	}
 }
 
-// TestFairShareScriptCost measures the fair_share script on a real redis-server with N active
-// tenants, from Redis's own accounting of the scripts' run time (INFO commandstats, so no
-// network round trip is counted): a decision for a tenant already active, and one that adds a
-// tenant (which recomputes every share), beside sliding_window on the same server as the
-// baseline. It logs the figures (go test -v -run ScriptCost ./algorithms); it asserts none.
-func TestFairShareScriptCost(t *testing.T) {
-	if testing.Short() {
-		t.Skip("a measurement")
-	}
-	srv := redisserver.Start(t)
+// BenchmarkFairShareScript measures the fair_share script's own run time on a real
+// redis-server (Redis's commandstats, no round trip), for a decision of an active tenant and
+// for one that adds a tenant, at 10, 100 and 1,000 active tenants, beside sliding_window:
+//
+//	go test -run '^$' -bench FairShareScript -benchtime 200x ./algorithms
+func BenchmarkFairShareScript(b *testing.B) {
+	srv := redisserver.Start(b)
 	c := redis.NewClient(&redis.Options{Addr: srv.Addr})
-	t.Cleanup(func() { _ = c.Close() })
+	b.Cleanup(func() { _ = c.Close() })
 	d := NewRedis(storage.NewRedis(c))
 	ctx := context.Background()
-	usPerCall := func(calls int, next func(i int) Request) float64 {
-		t.Helper()
+	measure := func(b *testing.B, next func(i int) Request) {
 		if err := c.ConfigResetStat(ctx).Err(); err != nil {
-			t.Fatal(err)
+			b.Fatal(err)
 		}
-		for i := range calls {
-			decideOne(t, d, next(i))
+		i := 0
+		for b.Loop() {
+			if _, err := d.Decide(ctx, []Request{next(i)}); err != nil {
+				b.Fatal(err)
+			}
+			i++
 		}
-		return evalshaUsPerCall(t, c)
+		b.ReportMetric(evalshaUsPerCall(b, c), "redis-µs/decision")
 	}
-	baseline := usPerCall(2000, func(i int) Request {
-		return Request{Algorithm: SlidingWindow, Key: "{base}k", Limit: 1 << 30, Window: time.Hour, Hits: 1}
+	b.Run("sliding_window", func(b *testing.B) {
+		measure(b, func(int) Request {
+			return Request{Algorithm: SlidingWindow, Key: "{base}k", Limit: 1 << 30, Window: time.Hour, Hits: 1}
+		})
 	})
-	t.Logf("sliding_window (baseline): %6.1f µs per decision", baseline)
 	for _, n := range []int{10, 100, 1000} {
 		key := fmt.Sprintf("{cost%d}k", n)
 		req := func(tenant int) Request {
 			return Request{Algorithm: FairShare, Key: key, Limit: 1 << 30, Window: time.Hour, Member: fmt.Sprintf("tenant-%d", tenant), Hits: 1}
 		}
 		for i := range n {
-			decideOne(t, d, req(i))
+			if _, err := d.Decide(ctx, []Request{req(i)}); err != nil {
+				b.Fatal(err)
+			}
 		}
-		steady := usPerCall(2000, func(i int) Request { return req(i % n) })
-		join := usPerCall(20, func(i int) Request { return req(n + i) })
-		t.Logf("fair_share, %4d active tenants: %6.1f µs per decision of an active tenant (%.1fx the baseline), %7.1f µs per decision that adds a tenant",
-			n, steady, steady/baseline, join)
+		b.Run(fmt.Sprintf("fair_share/%d-tenants/active", n), func(b *testing.B) {
+			measure(b, func(i int) Request { return req(i % n) })
+		})
+		joined := n
+		b.Run(fmt.Sprintf("fair_share/%d-tenants/join", n), func(b *testing.B) {
+			measure(b, func(int) Request { joined++; return req(joined) })
+		})
 	}
 }
 
 // evalshaUsPerCall reads Redis's average run time of EVALSHA since the last CONFIG RESETSTAT.
-func evalshaUsPerCall(t *testing.T, c *redis.Client) float64 {
+func evalshaUsPerCall(t testing.TB, c *redis.Client) float64 {
 	t.Helper()
 	info, err := c.Info(context.Background(), "commandstats").Result()
 	if err != nil {

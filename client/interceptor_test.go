@@ -157,6 +157,9 @@ func newChain(t *testing.T, rl *limiter, bOpts ...client.Option) *chain {
 		if err != nil && first(md, "wrap") == "1" {
 			return status.Errorf(codes.Internal, "ask C: %v", status.Convert(err).Message())
 		}
+		if err != nil && first(md, "wrap") == "bad" {
+			return status.Error(codes.InvalidArgument, "the request itself is wrong")
+		}
 		return err
 	}
 	ch.bClient = serveApp(t, ch.b, []grpc.ServerOption{
@@ -187,8 +190,9 @@ func TestChainPassesBackPressureUpstream(t *testing.T) {
 		{name: "B refuses: the longer wins", md: []string{"b", "bucket=u1", "c", "user=u1"},
 			want: &refusal{codes.ResourceExhausted, 50 * time.Second, "50000", []string{"client/bucket=u1"}}, reachedC: 6},
 		{name: "never", md: []string{"c", "bucket=n", "cost", "3"}, want: &refusal{codes.ResourceExhausted, -1, "-1", []string{"client/bucket=n"}}, reachedC: 7},
-		{name: "stream", md: []string{"stream", "1", "c", "user=u1"}, want: &c50, reachedC: 7},
-		{name: "stream, replaced error", md: []string{"stream", "1", "c", "user=u1", "wrap", "1"}, want: &c50, reachedC: 7},
+		{name: "the handler's own answer stands", md: []string{"c", "user=u1", "wrap", "bad"}, want: &refusal{codes.InvalidArgument, -1, "", nil}, reachedC: 8},
+		{name: "stream", md: []string{"stream", "1", "c", "user=u1"}, want: &c50, reachedC: 8},
+		{name: "stream, replaced error", md: []string{"stream", "1", "c", "user=u1", "wrap", "1"}, want: &c50, reachedC: 8},
 	}
 	for i, s := range steps {
 		tr, err := call(ch.bClient, s.md...)

@@ -118,9 +118,14 @@ func (g *guard) downstream(err error, car *carrier, key string) error {
 	switch {
 	case !ok && !cok:
 		return err
+	case !ok && callersFault(st.Code()):
+		// The handler's answer about the request itself (bad input, not found, ...) stands,
+		// whatever the downstream said earlier.
+		return err
 	case !ok:
-		// The handler replaced the downstream refusal by another error: rebuild it from what
-		// the client interceptor recorded.
+		// The handler replaced the downstream refusal by another error (Internal, Unknown, a
+		// back-pressure code without a hint, ...): rebuild it from what the client
+		// interceptor recorded.
 		h = ch
 		msg := "downstream refused: " + st.Message()
 		st = refusal(h, msg, carried)
@@ -129,6 +134,17 @@ func (g *guard) downstream(err error, car *carrier, key string) error {
 	}
 	g.remember(key, h)
 	return withHint(st, h, st.Message()).Err()
+}
+
+// callersFault reports whether a code speaks of the request itself, not of the service's
+// ability to serve it: such an answer is never replaced by a downstream's back-pressure.
+func callersFault(c codes.Code) bool {
+	switch c {
+	case codes.InvalidArgument, codes.NotFound, codes.AlreadyExists, codes.PermissionDenied,
+		codes.Unauthenticated, codes.FailedPrecondition, codes.OutOfRange, codes.Unimplemented:
+		return true
+	}
+	return false
 }
 
 // remember records until when the downstream of key asked to be left alone.

@@ -63,10 +63,10 @@ type OverloadOptions struct {
 
 // overload keeps the number of decisions in flight under an adaptive limit, in the style of
 // Netflix's concurrency-limits gradient: after each decision the limit moves towards
-// limit*gradient + sqrt(limit), where gradient = Tolerance*minRTT/rtt clamped to [0.5, 1]. So
-// while latency stays near its observed minimum the limit grows by about sqrt(limit) (but
-// only while more than half of it is used, so an idle service does not inflate it), and as
-// latency climbs it shrinks. Beyond the limit a request is refused at once
+// limit*gradient, where gradient = Tolerance*minRTT/rtt clamped to [0.5, 1], plus sqrt(limit)
+// when the gradient is 1. So while latency stays within Tolerance of its observed minimum the
+// limit grows by about sqrt(limit) (but only while more than half of it is used, so an idle
+// service does not inflate it), and as latency climbs beyond that it shrinks. Beyond the limit a request is refused at once
 // (RESOURCE_EXHAUSTED with a retry hint) instead of queueing; low-priority requests are
 // refused as soon as the in-flight count reaches LowShare of the limit.
 //
@@ -192,7 +192,10 @@ func (l *overload) release(rtt time.Duration) {
 	if gradient == 1 && float64(inflight) < l.limit/2 {
 		return // not using the limit: no evidence that more would do
 	}
-	next := l.limit*gradient + math.Sqrt(l.limit)
+	next := l.limit * gradient
+	if gradient == 1 {
+		next += math.Sqrt(l.limit) // room to grow only while latency stays near its minimum
+	}
 	next = l.limit*(1-overloadSmoothing) + next*overloadSmoothing
 	l.limit = math.Min(math.Max(next, float64(l.opts.MinLimit)), float64(l.opts.MaxLimit))
 }
