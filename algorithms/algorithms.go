@@ -9,6 +9,8 @@ package algorithms
 import (
 	"context"
 	"time"
+
+	"github.com/ratelimitd/ratelimitd/storage"
 )
 
 // Name names an algorithm; the values match config.Algorithm.
@@ -83,7 +85,13 @@ type Result struct {
 }
 
 // Decider runs a batch of decisions. Results are in the order of the requests. An error means
-// no result is trustworthy (storage unreachable, malformed reply, deadline exceeded).
+// no result is trustworthy (storage unreachable, malformed reply, deadline exceeded), except a
+// *PartialError: then the results of the requests it does not list as failed are valid, and
+// those decisions took effect.
 type Decider interface {
 	Decide(ctx context.Context, reqs []Request) ([]Result, error)
 }
+
+// PartialError reports a batch in which some decisions failed (one shard of several down)
+// while the others were made; Failed[i] is request i's error, nil when its result is valid.
+type PartialError = storage.PartialError

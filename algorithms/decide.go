@@ -257,16 +257,23 @@ func (d *RedisDecider) Decide(ctx context.Context, reqs []Request) ([]Result, er
 		calls[i] = storage.ScriptCall{Script: d.scripts[a.id], Keys: k, Args: argv}
 	}
 	replies, err := d.store.Run(ctx, calls)
-	if err != nil {
+	var partial *PartialError
+	if err != nil && !errors.As(err, &partial) {
 		return nil, fmt.Errorf("decide: %w", err)
 	}
 	results := make([]Result, len(reqs))
 	for i, raw := range replies {
+		if partial != nil && partial.Failed[i] != nil {
+			continue
+		}
 		r, err := decodeReplyLen(raw, max(algs[i].replyLen, replyLen))
 		if err != nil {
 			return nil, fmt.Errorf("decide request %d (%s): %w", i, reqs[i].Algorithm, err)
 		}
 		results[i] = r.result(reqs[i].Hits)
+	}
+	if partial != nil {
+		return results, partial
 	}
 	return results, nil
 }

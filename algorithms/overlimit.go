@@ -2,6 +2,7 @@ package algorithms
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"sync/atomic"
@@ -147,14 +148,15 @@ func (c *OverLimitCache) Decide(ctx context.Context, reqs []Request) ([]Result, 
 	if answered == nil {
 		// Nothing came from the cache: the store decides the whole batch as it is.
 		out, err := c.next.Decide(ctx, reqs)
-		if err != nil {
+		var partial *PartialError
+		if err != nil && !errors.As(err, &partial) {
 			return nil, err
 		}
 		if len(out) != len(reqs) {
 			return nil, fmt.Errorf("over-limit cache: %d results for %d requests", len(out), len(reqs))
 		}
-		c.learn(reqs, out, now)
-		return out, nil
+		c.learn(reqs, out, now) // a failed request's zero result is no refusal to remember
+		return out, err
 	}
 	if hits == uint64(len(reqs)) {
 		return results, nil
@@ -168,7 +170,8 @@ func (c *OverLimitCache) Decide(ctx context.Context, reqs []Request) ([]Result, 
 		}
 	}
 	out, err := c.next.Decide(ctx, rest)
-	if err != nil {
+	var partial *PartialError
+	if err != nil && !errors.As(err, &partial) {
 		return nil, err
 	}
 	if len(out) != len(rest) {
@@ -178,6 +181,14 @@ func (c *OverLimitCache) Decide(ctx context.Context, reqs []Request) ([]Result, 
 		results[i] = out[k]
 	}
 	c.learn(rest, out, now)
+	if partial != nil {
+		// The failures are the store's, in the numbering of the whole batch.
+		failed := make([]error, len(reqs))
+		for k, i := range idx {
+			failed[i] = partial.Failed[k]
+		}
+		return results, &PartialError{Failed: failed}
+	}
 	return results, nil
 }
 

@@ -75,7 +75,7 @@ func setRateLimitHeaders(h http.Header, req *ratelimitdv1.CheckRequest, resp *ra
 			if i < len(req.GetDescriptors()) {
 				entries = req.GetDescriptors()[i].GetEntries()
 			}
-			name = Subject(req.GetDomain(), entries)
+			name = policyPath(req.GetDomain(), entries)
 		}
 		if policy.Len() > 0 {
 			policy.WriteString(", ")
@@ -127,4 +127,16 @@ func ceilSeconds(d time.Duration) int64 {
 		return 0
 	}
 	return int64((d + time.Second - 1) / time.Second)
+}
+
+// policyPath names a policy by its domain and descriptor keys ("domain/key/key"), as ratelimitd
+// names rules, so that no request value reaches the response headers.
+func policyPath(domain string, entries []*ratelimitdv1.Entry) string {
+	var b strings.Builder
+	b.WriteString(domain)
+	for _, e := range entries {
+		b.WriteByte('/')
+		b.WriteString(e.GetKey())
+	}
+	return b.String()
 }

@@ -73,10 +73,10 @@ func TestHTTPMiddleware(t *testing.T) {
 		{query: "d=user=alice", code: 429, retryAfter: "50", policy: `"per-user";q=2`, state: `"per-user";r=0;t=50`},
 		{query: "d=user=bob", code: 200, retryAfter: absent, policy: `"per-user";q=2`, state: `"per-user";r=1;t=50`},
 		// A cost above the burst can never pass: no Retry-After.
-		{query: "d=bucket=b&cost=3", code: 429, retryAfter: absent, policy: `"client/bucket=b";q=2`, state: `"client/bucket=b";r=0;`},
+		{query: "d=bucket=b&cost=3", code: 429, retryAfter: absent, policy: `"client/bucket";q=2`, state: `"client/bucket";r=0;`},
 		// The default class may fill 5 of 10: the 6th is shed (503) with a Retry-After.
-		{query: "d=api=a/priority=default&cost=5", code: 200, retryAfter: absent, policy: `"client/api=a/priority=default";q=`, state: `"client/api=a/priority=default";r=0;`},
-		{query: "d=api=a/priority=default", code: 503, policy: `"client/api=a/priority=default";q=`, state: `"client/api=a/priority=default";r=0;`},
+		{query: "d=api=a/priority=default&cost=5", code: 200, retryAfter: absent, policy: `"client/api/priority";q=`, state: `"client/api/priority";r=0;`},
+		{query: "d=api=a/priority=default", code: 503, policy: `"client/api/priority";q=`, state: `"client/api/priority";r=0;`},
 	}
 	wantServed := int64(0)
 	for i, s := range steps {

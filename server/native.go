@@ -135,8 +135,8 @@ func nativeResponse(verdicts []verdict) (*ratelimitdv1.CheckResponse, Grade) {
 		if v.grade.Refused() && v.grade != GradeNever {
 			d.RetryAfter = durationpb.New(v.result.RetryAfter)
 		}
-		if v.shadow {
-			continue
+		if v.limit.ShadowMode {
+			continue // shadow limits never grade the request
 		}
 		overall = max(overall, v.grade)
 		if v.grade.Refused() {

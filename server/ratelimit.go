@@ -187,19 +187,41 @@ func (s *Server) run(ctx context.Context, domain string, req *rlsv3.RateLimitReq
 	charged := time.Now()
 	results, err := s.decide(ctx, "decide", calls)
 	roundTrip := time.Since(charged)
-	if err != nil {
+	var partial *algorithms.PartialError
+	if err != nil && !errors.As(err, &partial) {
 		// The rules' failure modes decide (failure.go).
 		return s.storeFailed(ctx, domain, err, calls, owners, verdicts)
 	}
 	refused := false
+	var failedCalls []algorithms.Request
+	var failedOwners []int
 	for k, i := range owners {
 		v := &verdicts[i]
+		if partial != nil && partial.Failed[k] != nil {
+			failedCalls, failedOwners = append(failedCalls, calls[k]), append(failedOwners, i)
+			continue
+		}
 		v.result = results[k]
 		v.grade = gradeOf(v.limit, v.result)
 		if v.grade.Refused() {
 			if v.limit.ShadowMode {
 				v.shadow = true
 			} else {
+				refused = true
+			}
+		}
+	}
+	if len(failedOwners) > 0 {
+		// Some shards answered, others failed: the failed descriptors follow their failure
+		// modes; if that fails the request, what the others were charged is given back.
+		if ferr := s.storeFailed(ctx, domain, err, failedCalls, failedOwners, verdicts); ferr != nil {
+			if !opts.dryRun {
+				s.refund(ctx, domain, calls, owners, verdicts, charged, roundTrip)
+			}
+			return ferr
+		}
+		for _, i := range failedOwners {
+			if verdicts[i].grade.Refused() && !verdicts[i].shadow {
 				refused = true
 			}
 		}
@@ -222,7 +244,8 @@ func (s *Server) refund(ctx context.Context, domain string, calls []algorithms.R
 	var whose []int
 	for k, i := range owners {
 		v := &verdicts[i]
-		if !v.result.Allowed || v.hits <= 0 || v.limit.CountRejected {
+		// A degraded descriptor was not charged on the store (failure.go refunds its own).
+		if !v.result.Allowed || v.hits <= 0 || v.limit.CountRejected || v.degraded {
 			continue
 		}
 		if v.limit.Algorithm == config.FixedWindow && time.Since(charged)+roundTrip >= v.result.ResetAfter {
@@ -269,6 +292,9 @@ func (s *Server) decide(ctx context.Context, op string, calls []algorithms.Reque
 	m.seconds.Observe(time.Since(start).Seconds())
 	if err != nil {
 		m.errors.Inc()
+		if partial := (*algorithms.PartialError)(nil); errors.As(err, &partial) && len(results) == len(calls) {
+			return results, err // the calls it does not list ran
+		}
 		return nil, err
 	}
 	if len(results) != len(calls) {
@@ -307,7 +333,7 @@ func (s *Server) respond(verdicts []verdict) (*rlsv3.RateLimitResponse, Grade) {
 			st.Code = rlsv3.RateLimitResponse_OVER_LIMIT
 			resp.OverallCode = rlsv3.RateLimitResponse_OVER_LIMIT
 		}
-		if !v.shadow && v.grade > overall {
+		if !v.limit.ShadowMode && v.grade > overall { // shadow limits never grade the request
 			overall = v.grade
 		}
 	}

@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"errors"
 	"net"
 	"os"
 	"path/filepath"
@@ -368,5 +369,64 @@ func TestNoRefundIntoTheNextWindow(t *testing.T) {
 	}
 	if got := h.call(t, d("fw", "w")).GetStatuses()[0].GetLimitRemaining(); got != 2 {
 		t.Errorf("fw after a refused request at the window's end: remaining %d, want 2 (not refunded)", got)
+	}
+}
+
+// shardDown decides like the store it wraps, except that requests whose key contains down
+// fail, as on a shard that stopped answering.
+type shardDown struct{ next algorithms.Decider }
+
+func (d shardDown) Decide(ctx context.Context, reqs []algorithms.Request) ([]algorithms.Result, error) {
+	failed := make([]error, len(reqs))
+	var up []algorithms.Request
+	var idx []int
+	for i, r := range reqs {
+		if strings.Contains(r.Key, "down") {
+			failed[i] = errors.New("dial tcp: connection refused")
+			continue
+		}
+		up, idx = append(up, r), append(idx, i)
+	}
+	out, err := d.next.Decide(ctx, up)
+	if err != nil {
+		return nil, err
+	}
+	results := make([]algorithms.Result, len(reqs))
+	for k, i := range idx {
+		results[i] = out[k]
+	}
+	if len(idx) == len(reqs) {
+		return results, nil
+	}
+	return results, &algorithms.PartialError{Failed: failed}
+}
+
+// TestOneShardDownRefundsTheOthers: when a request's descriptors span a shard that answers and
+// one that fails, and the failure mode refuses the request, the answering shard's charge is
+// given back.
+func TestOneShardDownRefundsTheOthers(t *testing.T) {
+	h := newHarness(t, Options{})
+	h.srv.decider = shardDown{next: h.srv.decider}
+	_, err := h.client.ShouldRateLimit(context.Background(), &rlsv3.RateLimitRequest{Domain: "d",
+		Descriptors: []*ratelimitv3.RateLimitDescriptor{d("fw", "up"), d("one", "down")}})
+	if status.Code(err) != codes.Unavailable {
+		t.Fatalf("one descriptor on a failed shard: %v, want UNAVAILABLE", err)
+	}
+	if got := h.call(t, d("fw", "up")).GetStatuses()[0].GetLimitRemaining(); got != 3 {
+		t.Errorf("fw after the failed request: remaining %d, want 3 (its charge refunded)", got)
+	}
+}
+
+// TestShadowNeverGradesTheRequest: a shadow limit near its end neither grades the request nor
+// tells the upstream to degrade.
+func TestShadowNeverGradesTheRequest(t *testing.T) {
+	h := newHarness(t, Options{})
+	resp := h.call(t, d("shadow", "g"))
+	if g := resp.GetDynamicMetadata().AsMap()["grade"]; g != "ok" || len(resp.GetRequestHeadersToAdd()) != 0 {
+		t.Errorf("first hit of a shadow limit of 1: grade %v, request headers %v; want ok and none", g, resp.GetRequestHeadersToAdd())
+	}
+	native, err := h.native.Check(context.Background(), &ratelimitdv1.CheckRequest{Domain: "d", Descriptors: []*ratelimitdv1.Descriptor{nd("shadow", "g")}})
+	if err != nil || native.GetGrade() != ratelimitdv1.Grade_GRADE_OK || !native.GetAllowed() {
+		t.Errorf("native check of a spent shadow limit: %v, %v; want allowed, GRADE_OK", native, err)
 	}
 }

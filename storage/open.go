@@ -219,6 +219,12 @@ func parseURL(url string) (*redis.Options, error) {
 		if errors.As(err, &uerr) {
 			err = uerr.Err
 		}
+		if strings.Contains(err.Error(), "scheme") || !strings.Contains(url, "://") {
+			err = fmt.Errorf("%w (want redis://[user:password@]host:port/db or rediss://...)", err)
+		}
+		return nil, fmt.Errorf("parse redis url: %w", err)
+	}
+	if err := checkAddr(o.Addr); err != nil {
 		return nil, fmt.Errorf("parse redis url: %w", err)
 	}
 	return o, nil

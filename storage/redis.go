@@ -55,15 +55,17 @@ func (r *Redis) Client() redis.UniversalClient { return r.client }
 
 // Run sends every call as EVALSHA in one pipeline and returns the raw replies in the order of
 // calls. Calls whose script is not in the server's cache (NOSCRIPT: they did not run) are sent
-// again as EVAL, which also caches the script, in one more pipeline. Any other per-call error
-// fails the whole batch: no reply is returned. The deadline of ctx bounds the round trips when
+// again as EVAL, which also caches the script, in one more pipeline. When every call fails, the
+// error is the first call's and no reply is returned; when only some fail (one shard of
+// several), the replies of the others are returned with a *PartialError saying which failed, so
+// the caller can honour what did run. The deadline of ctx bounds the round trips when
 // the client was built with ContextTimeoutEnabled (see NewClient).
 func (r *Redis) Run(ctx context.Context, calls []ScriptCall) ([]any, error) {
 	if len(calls) == 0 {
 		return nil, nil
 	}
 	cmds := make([]*redis.Cmd, len(calls))
-	_, err := r.client.Pipelined(ctx, func(p redis.Pipeliner) error {
+	_, perr := r.client.Pipelined(ctx, func(p redis.Pipeliner) error {
 		for i := range calls {
 			c := &calls[i]
 			cmds[i] = p.EvalSha(ctx, c.Script.sha, c.Keys, c.Args...)
@@ -71,6 +73,8 @@ func (r *Redis) Run(ctx context.Context, calls []ScriptCall) ([]any, error) {
 		return nil
 	})
 	replies := make([]any, len(calls))
+	failed := make([]error, len(calls))
+	nfailed := 0
 	var missing []int
 	for i, cmd := range cmds {
 		switch err := cmd.Err(); {
@@ -79,34 +83,70 @@ func (r *Redis) Run(ctx context.Context, calls []ScriptCall) ([]any, error) {
 		case isNoScript(err):
 			missing = append(missing, i)
 		default:
-			return nil, fmt.Errorf("run script %s: %w", calls[i].Script.sha[:8], err)
+			failed[i] = fmt.Errorf("run script %s: %w", calls[i].Script.sha[:8], err)
+			nfailed++
 		}
 	}
-	if len(missing) == 0 {
-		if err != nil {
-			// Every command succeeded, yet the pipeline failed: trust nothing.
-			return nil, fmt.Errorf("run scripts: %w", err)
-		}
-		return replies, nil
+	if nfailed == 0 && len(missing) == 0 && perr != nil {
+		// Every command succeeded, yet the pipeline failed: trust nothing.
+		return nil, fmt.Errorf("run scripts: %w", perr)
 	}
-	retry := make([]*redis.Cmd, len(missing))
-	_, err = r.client.Pipelined(ctx, func(p redis.Pipeliner) error {
+	if len(missing) > 0 {
+		retry := make([]*redis.Cmd, len(missing))
+		_, _ = r.client.Pipelined(ctx, func(p redis.Pipeliner) error {
+			for j, i := range missing {
+				c := &calls[i]
+				retry[j] = p.Eval(ctx, c.Script.src, c.Keys, c.Args...)
+			}
+			return nil
+		})
 		for j, i := range missing {
-			c := &calls[i]
-			retry[j] = p.Eval(ctx, c.Script.src, c.Keys, c.Args...)
+			if err := retry[j].Err(); err != nil {
+				failed[i] = fmt.Errorf("load script %s: %w", calls[i].Script.sha[:8], err)
+				nfailed++
+				continue
+			}
+			replies[i] = retry[j].Val()
 		}
-		return nil
-	})
-	for j, i := range missing {
-		if err := retry[j].Err(); err != nil {
-			return nil, fmt.Errorf("load script %s: %w", calls[i].Script.sha[:8], err)
-		}
-		replies[i] = retry[j].Val()
 	}
-	if err != nil {
-		return nil, fmt.Errorf("load scripts: %w", err)
+	switch {
+	case nfailed == len(calls):
+		return nil, failed[0]
+	case nfailed > 0:
+		return replies, &PartialError{Failed: failed}
 	}
 	return replies, nil
+}
+
+// PartialError reports a batch in which some calls failed (a shard down, a timeout on one
+// shard) while the others ran: their replies are valid, and those calls took effect.
+type PartialError struct {
+	// Failed holds each failed call's error, nil for the calls that ran.
+	Failed []error
+}
+
+func (e *PartialError) Error() string {
+	n, first := 0, error(nil)
+	for _, err := range e.Failed {
+		if err != nil {
+			if first == nil {
+				first = err
+			}
+			n++
+		}
+	}
+	return fmt.Sprintf("%d of %d calls failed: %v", n, len(e.Failed), first)
+}
+
+// Unwrap returns the failed calls' errors, so that errors.Is sees through a PartialError.
+func (e *PartialError) Unwrap() []error {
+	var errs []error
+	for _, err := range e.Failed {
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errs
 }
 
 // Ping checks that the deployment answers: every shard a ring counts as up (and at least one

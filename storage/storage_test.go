@@ -3,6 +3,7 @@ package storage
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"strconv"
 	"strings"
@@ -137,15 +138,80 @@ func TestRunAfterScriptFlush(t *testing.T) {
 	}
 }
 
-func TestRunErrorFailsBatch(t *testing.T) {
+// TestRunErrorFailsItsCall: a call that fails leaves the others' replies valid, and says so
+// with a *PartialError naming it.
+func TestRunErrorFailsItsCall(t *testing.T) {
 	srv := redisserver.Start(t)
 	r, _ := newRedis(t, srv.Addr)
 	bad := NewScript("return redis.error_reply('boom')")
 	batch := append(calls(3, incr), ScriptCall{Script: bad, Keys: []string{"x"}})
-	for range 2 { // the first time through the NOSCRIPT path, then through EVALSHA
+	for round := range 2 { // the first time through the NOSCRIPT path, then through EVALSHA
 		replies, err := r.Run(context.Background(), batch)
-		if err == nil || !strings.Contains(err.Error(), "boom") || replies != nil {
-			t.Errorf("got %v, %v; want no replies and the script's error", replies, err)
+		var partial *PartialError
+		if !errors.As(err, &partial) || !strings.Contains(err.Error(), "boom") {
+			t.Fatalf("round %d: error %v, want a *PartialError with the script's error", round, err)
+		}
+		for i, f := range partial.Failed {
+			if (f != nil) != (i == 3) {
+				t.Errorf("round %d: call %d failed: %v; want only call 3 failed", round, i, f)
+			}
+		}
+		for i := range 3 {
+			if got := replies[i].([]any)[0]; got != int64(round+1) {
+				t.Errorf("round %d: call %d replied %v, want %d (it ran)", round, i, got, round+1)
+			}
+		}
+	}
+	// When every call fails, there is no reply and the error is the call's.
+	replies, err := r.Run(context.Background(), []ScriptCall{{Script: bad, Keys: []string{"x"}}})
+	var partial *PartialError
+	if replies != nil || err == nil || errors.As(err, &partial) {
+		t.Errorf("only failing calls: %v, %v; want no replies and a plain error", replies, err)
+	}
+}
+
+// TestRunOneShardDown: on a ring whose one shard is down (before the health check drops it),
+// the calls for the live shard run and the others fail, each told apart.
+func TestRunOneShardDown(t *testing.T) {
+	a, b := redisserver.Start(t), redisserver.Start(t)
+	client, err := Open(Options{Shards: []string{a.Addr, b.Addr}, HeartbeatFrequency: time.Hour, NoBreaker: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = client.Close() })
+	ring := client.(*redis.Ring)
+	r := NewRedis(client)
+	ctx := context.Background()
+	var batch []ScriptCall
+	onB := map[int]bool{}
+	for i := 0; len(batch) < 8; i++ {
+		key := fmt.Sprintf("{k%d}", i)
+		c, err := ring.GetShardClientForKey(key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		onB[len(batch)] = c.Options().Addr == b.Addr
+		batch = append(batch, ScriptCall{Script: incr, Keys: []string{key}, Args: []any{1, 0}})
+	}
+	if _, err := r.Run(ctx, batch); err != nil {
+		t.Fatal(err)
+	}
+	b.Stop()
+	tctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	replies, err := r.Run(tctx, batch)
+	var partial *PartialError
+	if !errors.As(err, &partial) {
+		t.Fatalf("one shard down: %v, want a *PartialError", err)
+	}
+	for i := range batch {
+		switch {
+		case onB[i] && partial.Failed[i] == nil:
+			t.Errorf("call %d on the dead shard did not fail", i)
+		case !onB[i] && partial.Failed[i] != nil:
+			t.Errorf("call %d on the live shard failed: %v", i, partial.Failed[i])
+		case !onB[i] && replies[i].([]any)[0] != int64(2):
+			t.Errorf("call %d on the live shard replied %v, want 2", i, replies[i])
 		}
 	}
 }
@@ -244,4 +310,22 @@ func TestNewClientKeepsThePasswordOutOfErrors(t *testing.T) {
 			t.Errorf("NewClient(%q) error %q shows the password", url, err)
 		}
 	}
+}
+
+func TestNewClientRejectsBadAddresses(t *testing.T) {
+	for _, c := range []struct{ url, want string }{
+		{"redis://127.0.0.1:99999/0", "port"},
+		{"redis://127.0.0.1:0/0", "port"},
+		{"127.0.0.1:6379", "want redis://"},
+		{"http://127.0.0.1:6379", "want redis://"},
+	} {
+		if _, err := NewClient(c.url); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("NewClient(%q) = %v, want an error mentioning %q", c.url, err, c.want)
+		}
+	}
+	c, err := NewClient("redis://127.0.0.1/0") // no port: Redis's own, 6379
+	if err != nil {
+		t.Fatalf("NewClient without a port: %v", err)
+	}
+	_ = c.Close()
 }

@@ -29,6 +29,9 @@ func parseWithEnv(fs *flag.FlagSet, args []string, lookup func(string) (string, 
 		}
 		if v, ok := lookup(envName(f.Name)); ok {
 			if e := fs.Set(f.Name, v); e != nil {
+				if _, numeric := strconv.Atoi(f.DefValue); numeric == nil && strings.HasSuffix(e.Error(), "parse error") {
+					e = fmt.Errorf("want an integer, got %q", v) // the flag package says only "parse error"
+				}
 				err = fmt.Errorf("%s=%q: %w", envName(f.Name), v, e)
 			}
 		}

@@ -75,3 +75,13 @@ func TestValidHeaderName(t *testing.T) {
 		}
 	}
 }
+
+func TestParseWithEnvIntegers(t *testing.T) {
+	fs := flag.NewFlagSet("t", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	fs.Int("replicas", 1, "")
+	err := parseWithEnv(fs, nil, func(k string) (string, bool) { return "abc", k == "RATELIMITD_REPLICAS" })
+	if err == nil || !strings.Contains(err.Error(), "RATELIMITD_REPLICAS") || !strings.Contains(err.Error(), "want an integer") {
+		t.Errorf("RATELIMITD_REPLICAS=abc: %v, want an error naming the variable and asking for an integer", err)
+	}
+}
