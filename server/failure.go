@@ -117,7 +117,7 @@ func (s *Server) refundLocal(ctx context.Context, domain string, local []algorit
 	var back []algorithms.Request
 	for k, i := range owners {
 		v := &verdicts[i]
-		if !v.result.Allowed || v.hits <= 0 || v.limit.CountRejected {
+		if !v.refundable() {
 			continue
 		}
 		c := local[k]

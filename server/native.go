@@ -35,15 +35,10 @@ type native struct {
 func (n *native) Check(ctx context.Context, req *ratelimitdv1.CheckRequest) (*ratelimitdv1.CheckResponse, error) {
 	s := n.s
 	env, err := decodeNative(req.GetDomain(), req.GetDescriptors(), req.GetCost(), req.GetPriority(), req.GetTenant())
+	r, verdicts, err := s.matchChecked(env, err)
 	if err != nil {
-		s.metrics.invalid.Inc()
-		return nil, status.Error(codes.InvalidArgument, err.Error())
+		return nil, err
 	}
-	r := s.rules.Load()
-	if r == nil {
-		return nil, status.Error(codes.Unavailable, errNoRules.Error())
-	}
-	verdicts := s.match(r.set, env)
 	opts := options{priority: req.GetPriority(), tenant: req.GetTenant(), dryRun: req.GetDryRun()}
 	if err := s.run(ctx, req.GetDomain(), env, verdicts, opts); err != nil {
 		return nil, err
@@ -187,15 +182,10 @@ func (n *native) Acquire(ctx context.Context, req *ratelimitdv1.AcquireRequest) 
 	if err == nil && req.GetTtl() != nil {
 		ttl, err = leaseTTL(req.GetTtl())
 	}
+	r, verdicts, err := s.matchChecked(env, err)
 	if err != nil {
-		s.metrics.invalid.Inc()
-		return nil, status.Error(codes.InvalidArgument, err.Error())
+		return nil, err
 	}
-	r := s.rules.Load()
-	if r == nil {
-		return nil, status.Error(codes.Unavailable, errNoRules.Error())
-	}
-	verdicts := s.match(r.set, env)
 	// The lease lives for the TTL asked (0: none), at most the shortest window of its rules.
 	leases := false
 	var window time.Duration
@@ -245,15 +235,10 @@ func (n *native) Release(ctx context.Context, req *ratelimitdv1.ReleaseRequest) 
 	if err == nil {
 		env, err = decodeNative(req.GetDomain(), req.GetDescriptors(), 0, "", "")
 	}
+	_, verdicts, err := s.matchChecked(env, err)
 	if err != nil {
-		s.metrics.invalid.Inc()
-		return nil, status.Error(codes.InvalidArgument, err.Error())
+		return nil, err
 	}
-	r := s.rules.Load()
-	if r == nil {
-		return nil, status.Error(codes.Unavailable, errNoRules.Error())
-	}
-	verdicts := s.match(r.set, env)
 	var calls []algorithms.Request
 	for i := range verdicts {
 		v := &verdicts[i]

@@ -36,6 +36,12 @@ type verdict struct {
 	member string
 }
 
+// refundable reports whether the descriptor was charged and must be given back when another
+// descriptor refuses the request.
+func (v *verdict) refundable() bool {
+	return v.result.Allowed && v.hits > 0 && !v.limit.CountRejected
+}
+
 // limited reports whether the descriptor was counted by an algorithm.
 func (v *verdict) limited() bool { return v.limit != nil && !v.limit.Unlimited }
 
@@ -43,21 +49,30 @@ func (v *verdict) limited() bool { return v.limit != nil && !v.limit.Unlimited }
 // limited ones are charged in one batch, and a refusal by any of them refunds the others
 // (all-or-nothing), except for rules with count_rejected.
 func (s *Server) ShouldRateLimit(ctx context.Context, req *rlsv3.RateLimitRequest) (*rlsv3.RateLimitResponse, error) {
-	if err := validateRequest(req); err != nil {
-		s.metrics.invalid.Inc()
-		return nil, status.Error(codes.InvalidArgument, err.Error())
+	r, verdicts, err := s.matchChecked(req, validateRequest(req))
+	if err != nil {
+		return nil, err
 	}
-	r := s.rules.Load()
-	if r == nil {
-		return nil, status.Error(codes.Unavailable, errNoRules.Error())
-	}
-	verdicts := s.match(r.set, req)
 	if err := s.run(ctx, req.GetDomain(), req, verdicts, options{}); err != nil {
 		return nil, err
 	}
 	resp, overall := s.respond(verdicts)
 	s.count(r, req.GetDomain(), overall)
 	return resp, nil
+}
+
+// matchChecked answers a request that failed validation (invalid) with INVALID_ARGUMENT, and
+// otherwise matches it against the rules in force.
+func (s *Server) matchChecked(req *rlsv3.RateLimitRequest, invalid error) (*rules, []verdict, error) {
+	if invalid != nil {
+		s.metrics.invalid.Inc()
+		return nil, nil, status.Error(codes.InvalidArgument, invalid.Error())
+	}
+	r := s.rules.Load()
+	if r == nil {
+		return nil, nil, status.Error(codes.Unavailable, errNoRules.Error())
+	}
+	return r, s.match(r.set, req), nil
 }
 
 // options are what the native API adds to a request.
@@ -245,7 +260,7 @@ func (s *Server) refund(ctx context.Context, domain string, calls []algorithms.R
 	for k, i := range owners {
 		v := &verdicts[i]
 		// A degraded descriptor was not charged on the store (failure.go refunds its own).
-		if !v.result.Allowed || v.hits <= 0 || v.limit.CountRejected || v.degraded {
+		if !v.refundable() || v.degraded {
 			continue
 		}
 		if v.limit.Algorithm == config.FixedWindow && time.Since(charged)+roundTrip >= v.result.ResetAfter {
