@@ -13,25 +13,8 @@ import (
 
 	"github.com/ratelimitd/ratelimitd/storage"
 	"github.com/ratelimitd/ratelimitd/test/redisserver"
+	"github.com/ratelimitd/ratelimitd/test/testclock"
 )
-
-// olClock is a settable clock shared by the memory store and the cache.
-type olClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func (c *olClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *olClock) Set(t time.Time) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = t
-}
 
 // countingDecider counts the calls and requests that reach the Decider it wraps.
 type countingDecider struct {
@@ -61,8 +44,8 @@ func (d *countingDecider) last() []Request {
 
 // newCachedMemory returns a cache of size over a counting decider on a memory store, all on
 // one clock set to epoch.
-func newCachedMemory(size int) (*OverLimitCache, *countingDecider, *olClock) {
-	clk := &olClock{now: epoch}
+func newCachedMemory(size int) (*OverLimitCache, *countingDecider, *testclock.Clock) {
+	clk := testclock.New(epoch)
 	counter := &countingDecider{next: NewMemory(storage.NewMemory(storage.MemoryOptions{Now: clk.Now}))}
 	return NewOverLimitCache(counter, OverLimitCacheOptions{Size: size, Now: clk.Now}), counter, clk
 }
@@ -82,7 +65,7 @@ type olStep struct {
 	calls int
 }
 
-func runOverLimitSteps(t *testing.T, c *OverLimitCache, counter *countingDecider, clk *olClock, steps []olStep) {
+func runOverLimitSteps(t *testing.T, c *OverLimitCache, counter *countingDecider, clk *testclock.Clock, steps []olStep) {
 	t.Helper()
 	for _, s := range steps {
 		clk.Set(epoch.Add(s.at))
@@ -142,7 +125,7 @@ func TestOverLimitCacheTokenBucketResetAfter(t *testing.T) {
 
 func TestOverLimitCacheBypass(t *testing.T) {
 	ms := time.Millisecond
-	exhaust := func(t *testing.T) (*OverLimitCache, *countingDecider, *olClock) {
+	exhaust := func(t *testing.T) (*OverLimitCache, *countingDecider, *testclock.Clock) {
 		c, counter, clk := newCachedMemory(16)
 		runOverLimitSteps(t, c, counter, clk, []olStep{
 			{"1", 0, fw2("k"), olAdmitted(1, 2, time.Second), 1},
@@ -218,7 +201,7 @@ func (refuseAll) Decide(_ context.Context, reqs []Request) ([]Result, error) {
 }
 
 func TestOverLimitCacheBypassAlgorithm(t *testing.T) {
-	clk := &olClock{now: epoch}
+	clk := testclock.New(epoch)
 	counter := &countingDecider{next: refuseAll{}}
 	c := NewOverLimitCache(counter, OverLimitCacheOptions{Size: 16, Now: clk.Now})
 	tb := fw2("k")

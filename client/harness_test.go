@@ -5,7 +5,6 @@ import (
 	"net"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -22,32 +21,15 @@ import (
 	ratelimitdv1 "github.com/ratelimitd/ratelimitd/proto/ratelimitd/v1"
 	"github.com/ratelimitd/ratelimitd/server"
 	"github.com/ratelimitd/ratelimitd/storage"
+	"github.com/ratelimitd/ratelimitd/test/testclock"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
-// clock is a settable clock shared by the memory store and the clients.
-type clock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func (c *clock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *clock) Add(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = c.now.Add(d)
-}
-
 // limiter is a real ratelimitd (server.New on the memory store, rules of testdata/) served on
 // a loopback port, 10s into a minute on a set clock.
 type limiter struct {
-	clock  *clock
+	clock  *testclock.Clock
 	addr   string
 	client *client.Client
 }
@@ -58,7 +40,7 @@ func startLimiter(t *testing.T) *limiter {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := &clock{now: time.Unix(1_800_000_000, 0).Truncate(time.Minute).Add(10 * time.Second)}
+	c := testclock.New(time.Unix(1_800_000_000, 0).Truncate(time.Minute).Add(10 * time.Second))
 	srv := server.New(server.Options{
 		Decider: algorithms.NewMemory(storage.NewMemory(storage.MemoryOptions{Now: c.Now})),
 	})

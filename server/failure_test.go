@@ -18,6 +18,7 @@ import (
 	"github.com/ratelimitd/ratelimitd/config"
 	ratelimitdv1 "github.com/ratelimitd/ratelimitd/proto/ratelimitd/v1"
 	"github.com/ratelimitd/ratelimitd/storage"
+	"github.com/ratelimitd/ratelimitd/test/testclock"
 )
 
 // failingStore fails every batch, as a dead Redis does.
@@ -52,7 +53,7 @@ func newFailingServer(t *testing.T, reg prometheus.Registerer) *Server {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := &clock{now: time.Unix(1_800_000_000, 0).Truncate(time.Minute).Add(10 * time.Second)}
+	c := testclock.New(time.Unix(1_800_000_000, 0).Truncate(time.Minute).Add(10 * time.Second))
 	srv := New(Options{
 		Decider:    failingStore{},
 		Local:      algorithms.NewMemory(storage.NewMemory(storage.MemoryOptions{Now: c.Now})),

@@ -7,7 +7,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -27,31 +26,14 @@ import (
 	"github.com/ratelimitd/ratelimitd/config"
 	ratelimitdv1 "github.com/ratelimitd/ratelimitd/proto/ratelimitd/v1"
 	"github.com/ratelimitd/ratelimitd/storage"
+	"github.com/ratelimitd/ratelimitd/test/testclock"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
-// clock is a settable clock for the memory store.
-type clock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func (c *clock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *clock) Add(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = c.now.Add(d)
-}
-
 // harness is a Server on the memory store with a set clock, reached over gRPC on bufconn.
 type harness struct {
-	clock  *clock
+	clock  *testclock.Clock
 	srv    *Server
 	client rlsv3.RateLimitServiceClient
 	native ratelimitdv1.RateLimiterClient
@@ -96,7 +78,7 @@ func newHarnessConfig(t testing.TB, opts Options, cfg string) *harness {
 		t.Fatal(err)
 	}
 	// 10s into a minute, on a whole second.
-	c := &clock{now: time.Unix(1_800_000_000, 0).Truncate(time.Minute).Add(10 * time.Second)}
+	c := testclock.New(time.Unix(1_800_000_000, 0).Truncate(time.Minute).Add(10 * time.Second))
 	opts.Decider = algorithms.NewMemory(storage.NewMemory(storage.MemoryOptions{Now: c.Now}))
 	srv := New(opts)
 	srv.SetRules(set)

@@ -4,38 +4,20 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/redis/go-redis/v9"
 
 	"github.com/ratelimitd/ratelimitd/test/redisserver"
+	"github.com/ratelimitd/ratelimitd/test/testclock"
 )
-
-// breakerClock is a settable clock for breakers.
-type breakerClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func (c *breakerClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *breakerClock) Add(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = c.now.Add(d)
-}
 
 var errDown = errors.New("dial tcp: connection refused")
 
 // TestBreakerSteps drives one server's breaker through a table of timed calls.
 func TestBreakerSteps(t *testing.T) {
-	clock := &breakerClock{now: time.Unix(1000, 0)}
+	clock := testclock.New(time.Unix(1000, 0))
 	b := NewBreaker(BreakerOptions{Failures: 3, MinSkip: 100 * time.Millisecond, MaxSkip: 300 * time.Millisecond, Now: clock.Now})
 	scriptErr := fmt.Errorf("run script: %w", scriptError("ERR user_script:1: boom"))
 	steps := []struct {
@@ -83,7 +65,7 @@ func TestBreakerSteps(t *testing.T) {
 
 // TestBreakerOneProbe: while the probe is in flight, the other calls still fail fast.
 func TestBreakerOneProbe(t *testing.T) {
-	clock := &breakerClock{now: time.Unix(1000, 0)}
+	clock := testclock.New(time.Unix(1000, 0))
 	b := NewBreaker(BreakerOptions{Failures: 1, Now: clock.Now})
 	probe, _ := b.allow("a")
 	b.done("a", probe, errDown)
@@ -114,7 +96,7 @@ func (scriptError) RedisError()     {}
 // ends, one probe closes the breaker. The breaker's clock is frozen, so the counts are exact.
 func TestBreakerRealServer(t *testing.T) {
 	rs := redisserver.Start(t)
-	clock := &breakerClock{now: time.Unix(1000, 0)}
+	clock := testclock.New(time.Unix(1000, 0))
 	b := NewBreaker(BreakerOptions{Failures: 3, Now: clock.Now})
 	c, err := Open(Options{URL: "redis://" + rs.Addr, Breaker: b})
 	if err != nil {
@@ -165,7 +147,7 @@ func TestBreakerRealServer(t *testing.T) {
 // included) while the live shard is untouched.
 func TestBreakerRing(t *testing.T) {
 	servers := redisserver.StartN(t, 2)
-	clock := &breakerClock{now: time.Unix(1000, 0)}
+	clock := testclock.New(time.Unix(1000, 0))
 	b := NewBreaker(BreakerOptions{Failures: 3, Now: clock.Now})
 	c, err := Open(Options{Shards: redisserver.Addrs(servers), Breaker: b, HeartbeatFrequency: time.Hour})
 	if err != nil {

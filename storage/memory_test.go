@@ -5,12 +5,9 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/ratelimitd/ratelimitd/test/testclock"
 )
-
-// fakeClock is a settable clock; tests set it from one goroutine.
-type fakeClock struct{ now time.Time }
-
-func (c *fakeClock) Now() time.Time { return c.now }
 
 func get(m *Memory, key string) []int64 {
 	var got []int64
@@ -25,18 +22,18 @@ func get(m *Memory, key string) []int64 {
 }
 
 func TestMemoryUpdate(t *testing.T) {
-	clk := &fakeClock{now: time.Unix(1000, 0)}
+	clk := testclock.New(time.Unix(1000, 0))
 	m := NewMemory(MemoryOptions{Now: clk.Now})
 	m.Update("k", func(now time.Time, s []int64) ([]int64, time.Duration) {
-		if !now.Equal(clk.now) {
-			t.Errorf("fn got now %v, want the store's clock %v", now, clk.now)
+		if !now.Equal(clk.Now()) {
+			t.Errorf("fn got now %v, want the store's clock %v", now, clk.Now())
 		}
 		if s != nil {
 			t.Errorf("absent key: got state %v, want nil", s)
 		}
 		return []int64{7, 8}, time.Second
 	})
-	clk.now = clk.now.Add(999 * time.Millisecond)
+	clk.Add(999 * time.Millisecond)
 	m.Update("k", func(_ time.Time, s []int64) ([]int64, time.Duration) {
 		if len(s) != 2 || s[0] != 7 || s[1] != 8 {
 			t.Errorf("got state %v, want [7 8]", s)
@@ -44,11 +41,11 @@ func TestMemoryUpdate(t *testing.T) {
 		s[1]++ // in place
 		return s, time.Second
 	})
-	clk.now = clk.now.Add(999 * time.Millisecond)
+	clk.Add(999 * time.Millisecond)
 	if got := get(m, "k"); len(got) != 2 || got[1] != 9 {
 		t.Errorf("got %v, want [7 9]", got)
 	}
-	clk.now = clk.now.Add(time.Hour)
+	clk.Add(time.Hour)
 	if got := get(m, "k"); got != nil {
 		t.Errorf("expired key: got %v, want nil", got)
 	}
@@ -72,14 +69,14 @@ func TestMemoryUpdate(t *testing.T) {
 // TestMemoryBounded inserts 100k short-lived keys over advancing time: expired keys must be
 // reclaimed without a background goroutine.
 func TestMemoryBounded(t *testing.T) {
-	clk := &fakeClock{now: time.Unix(1000, 0)}
+	clk := testclock.New(time.Unix(1000, 0))
 	m := NewMemory(MemoryOptions{Now: clk.Now})
 	const ttl = 100 * time.Millisecond
 	const perMs = 10 // 10 inserts per ms with a 100ms TTL: about 1000 live keys
 	worst := 0
 	for i := range 100_000 {
 		if i%perMs == 0 {
-			clk.now = clk.now.Add(time.Millisecond)
+			clk.Add(time.Millisecond)
 		}
 		m.Update("key-"+strconv.Itoa(i), func(time.Time, []int64) ([]int64, time.Duration) {
 			return []int64{int64(i)}, ttl
@@ -145,13 +142,13 @@ func BenchmarkMemoryUpdate(b *testing.B) {
 // TestMemoryPeek checks that Peek sees what Update stored, treats an expired entry as absent,
 // and changes neither the state nor its expiry.
 func TestMemoryPeek(t *testing.T) {
-	clk := &fakeClock{now: time.Unix(1000, 0)}
+	clk := testclock.New(time.Unix(1000, 0))
 	m := NewMemory(MemoryOptions{Now: clk.Now})
 	peek := func(key string) []int64 {
 		var got []int64
 		m.Peek(key, func(now time.Time, s []int64) {
-			if !now.Equal(clk.now) {
-				t.Errorf("fn got now %v, want the store's clock %v", now, clk.now)
+			if !now.Equal(clk.Now()) {
+				t.Errorf("fn got now %v, want the store's clock %v", now, clk.Now())
 			}
 			got = append([]int64(nil), s...)
 		})
@@ -165,14 +162,14 @@ func TestMemoryPeek(t *testing.T) {
 	}
 	m.Update("k", func(time.Time, []int64) ([]int64, time.Duration) { return []int64{7, 8}, time.Second })
 	e := m.shards[shardOf("k")].entries["k"]
-	clk.now = clk.now.Add(999 * time.Millisecond)
+	clk.Add(999 * time.Millisecond)
 	if got := peek("k"); len(got) != 2 || got[0] != 7 || got[1] != 8 {
 		t.Errorf("got %v, want [7 8]", got)
 	}
 	if after := m.shards[shardOf("k")].entries["k"]; after.expires != e.expires || &after.state[0] != &e.state[0] {
 		t.Errorf("Peek changed the entry: expiry %d -> %d", e.expires, after.expires)
 	}
-	clk.now = clk.now.Add(time.Millisecond) // the expiry: gone
+	clk.Add(time.Millisecond) // the expiry: gone
 	if got := peek("k"); got != nil {
 		t.Errorf("expired key: got %v, want nil", got)
 	}
