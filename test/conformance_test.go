@@ -74,30 +74,37 @@ func loadScenarios(t *testing.T) map[string]scenario {
 	return out
 }
 
+// request is the request of step i.
+func (sc scenario) request(i int) *rlsv3.RateLimitRequest {
+	st := sc.Steps[i]
+	req := &rlsv3.RateLimitRequest{Domain: sc.Domain, HitsAddend: st.HitsAddend}
+	if st.Domain != nil {
+		req.Domain = *st.Domain
+	}
+	for _, d := range st.Descriptors {
+		rd := &ratelimitv3.RateLimitDescriptor{IsNegativeHits: d.Negative}
+		for _, e := range d.Entries {
+			rd.Entries = append(rd.Entries, &ratelimitv3.RateLimitDescriptor_Entry{Key: e[0], Value: e[1]})
+		}
+		if d.HitsAddend != nil {
+			rd.HitsAddend = wrapperspb.UInt64(*d.HitsAddend)
+		}
+		if d.Limit != nil {
+			rd.Limit = &ratelimitv3.RateLimitDescriptor_RateLimitOverride{
+				RequestsPerUnit: d.Limit.RequestsPerUnit,
+				Unit:            typev3.RateLimitUnit(typev3.RateLimitUnit_value[strings.ToUpper(d.Limit.Unit)]),
+			}
+		}
+		req.Descriptors = append(req.Descriptors, rd)
+	}
+	return req
+}
+
 // runScenario replays a scenario against s and reports every difference from its expectations.
 func runScenario(t *testing.T, s *service, sc scenario) {
 	t.Helper()
 	for i, st := range sc.Steps {
-		req := &rlsv3.RateLimitRequest{Domain: sc.Domain, HitsAddend: st.HitsAddend}
-		if st.Domain != nil {
-			req.Domain = *st.Domain
-		}
-		for _, d := range st.Descriptors {
-			rd := &ratelimitv3.RateLimitDescriptor{IsNegativeHits: d.Negative}
-			for _, e := range d.Entries {
-				rd.Entries = append(rd.Entries, &ratelimitv3.RateLimitDescriptor_Entry{Key: e[0], Value: e[1]})
-			}
-			if d.HitsAddend != nil {
-				rd.HitsAddend = wrapperspb.UInt64(*d.HitsAddend)
-			}
-			if d.Limit != nil {
-				rd.Limit = &ratelimitv3.RateLimitDescriptor_RateLimitOverride{
-					RequestsPerUnit: d.Limit.RequestsPerUnit,
-					Unit:            typev3.RateLimitUnit(typev3.RateLimitUnit_value[strings.ToUpper(d.Limit.Unit)]),
-				}
-			}
-			req.Descriptors = append(req.Descriptors, rd)
-		}
+		req := sc.request(i)
 		n := max(st.Repeat, 1)
 		var resp *rlsv3.RateLimitResponse
 		var err error

@@ -9,10 +9,8 @@ import (
 
 	ratelimitv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/common/ratelimit/v3"
 	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
-	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
-	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	ratelimitdv1 "github.com/ratelimitd/ratelimitd/proto/ratelimitd/v1"
 )
@@ -85,27 +83,8 @@ func nativeCheck(req *rlsv3.RateLimitRequest) (*ratelimitdv1.CheckRequest, bool)
 // scenarioRequests are a scenario's requests, one per call (repetitions expanded).
 func scenarioRequests(sc scenario) []*rlsv3.RateLimitRequest {
 	var reqs []*rlsv3.RateLimitRequest
-	for _, st := range sc.Steps {
-		req := &rlsv3.RateLimitRequest{Domain: sc.Domain, HitsAddend: st.HitsAddend}
-		if st.Domain != nil {
-			req.Domain = *st.Domain
-		}
-		for _, d := range st.Descriptors {
-			rd := &ratelimitv3.RateLimitDescriptor{IsNegativeHits: d.Negative}
-			for _, e := range d.Entries {
-				rd.Entries = append(rd.Entries, &ratelimitv3.RateLimitDescriptor_Entry{Key: e[0], Value: e[1]})
-			}
-			if d.HitsAddend != nil {
-				rd.HitsAddend = wrapperspb.UInt64(*d.HitsAddend)
-			}
-			if d.Limit != nil {
-				rd.Limit = &ratelimitv3.RateLimitDescriptor_RateLimitOverride{
-					RequestsPerUnit: d.Limit.RequestsPerUnit,
-					Unit:            typev3.RateLimitUnit(typev3.RateLimitUnit_value[strings.ToUpper(d.Limit.Unit)]),
-				}
-			}
-			req.Descriptors = append(req.Descriptors, rd)
-		}
+	for i, st := range sc.Steps {
+		req := sc.request(i)
 		for range max(st.Repeat, 1) {
 			reqs = append(reqs, req)
 		}
