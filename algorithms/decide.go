@@ -299,17 +299,23 @@ func (d *MemoryDecider) Decide(ctx context.Context, reqs []Request) ([]Result, e
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("decide: %w", err)
 	}
-	for i := range reqs {
-		if _, _, err := prepare(&reqs[i]); err != nil {
-			return nil, fmt.Errorf("request %d: %w", i, err)
-		}
-	}
 	if len(reqs) == 0 {
 		return nil, nil
 	}
+	// Every request is checked before any is applied.
+	var algsBuf [8]*algorithm // a request's descriptors usually fit: no allocation
+	var psBuf [8]params
+	algs, ps := algsBuf[:0], psBuf[:0]
+	for i := range reqs {
+		a, p, err := prepare(&reqs[i])
+		if err != nil {
+			return nil, fmt.Errorf("request %d: %w", i, err)
+		}
+		algs, ps = append(algs, a), append(ps, p)
+	}
 	results := make([]Result, len(reqs))
 	for i := range reqs {
-		a, p, _ := prepare(&reqs[i])
+		a, p := algs[i], ps[i]
 		var r reply
 		if p.dryRun {
 			// The twin on a copy of the state; the store keeps the state and its expiry.
