@@ -5,6 +5,7 @@ package test
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -12,7 +13,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -96,13 +96,13 @@ type serviceOptions struct {
 func startService(t *testing.T, o serviceOptions) *service {
 	t.Helper()
 	s := &service{
-		t:        t,
-		grpcAddr: "127.0.0.1:" + strconv.Itoa(redisserver.FreePort(t)),
-		httpAddr: "127.0.0.1:" + strconv.Itoa(redisserver.FreePort(t)),
-		logs:     &syncBuffer{},
-		done:     make(chan struct{}),
+		t:    t,
+		logs: &syncBuffer{},
+		done: make(chan struct{}),
 	}
-	args := []string{"serve", "-config", o.configDir, "-grpc-addr", s.grpcAddr, "-http-addr", s.httpAddr}
+	// Port 0: the kernel picks free ports and nothing can take them first; the addresses are
+	// read from the "serving" line of the log.
+	args := []string{"serve", "-config", o.configDir, "-grpc-addr", "127.0.0.1:0", "-http-addr", "127.0.0.1:0"}
 	if !slices.ContainsFunc(o.args, func(a string) bool { return strings.HasPrefix(a, "-overload") }) {
 		// The adaptive in-flight limit reacts to latency, which a busy test machine makes
 		// noisy; only the tests of overload itself turn it on.
@@ -127,6 +127,7 @@ func startService(t *testing.T, o serviceOptions) *service {
 			t.Logf("ratelimitd output:\n%s", s.logs.String())
 		}
 	})
+	s.grpcAddr, s.httpAddr = s.waitServing(15 * time.Second)
 	path := "/readyz"
 	if o.notReady {
 		path = "/healthz"
@@ -140,6 +141,28 @@ func startService(t *testing.T, o serviceOptions) *service {
 	s.conn = conn
 	s.client = rlsv3.NewRateLimitServiceClient(conn)
 	return s
+}
+
+// waitServing waits for the log line that says where the process listens and returns the
+// gRPC and HTTP addresses, failing the test after limit.
+func (s *service) waitServing(limit time.Duration) (grpcAddr, httpAddr string) {
+	s.t.Helper()
+	deadline := time.Now().Add(limit)
+	for time.Now().Before(deadline) {
+		for _, line := range strings.Split(s.logs.String(), "\n") {
+			var entry struct{ Msg, GRPC, HTTP string }
+			if json.Unmarshal([]byte(line), &entry) == nil && entry.Msg == "serving" && entry.GRPC != "" && entry.HTTP != "" {
+				return entry.GRPC, entry.HTTP
+			}
+		}
+		select {
+		case <-s.done:
+			s.t.Fatalf("ratelimitd exited before serving: %v\n%s", s.exitErr, s.logs.String())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	s.t.Fatalf("ratelimitd did not log where it serves within %v\n%s", limit, s.logs.String())
+	return "", ""
 }
 
 // waitHTTP polls path until it answers 200, failing the test after limit.

@@ -8,6 +8,7 @@ import (
 	"bufio"
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"net"
 	"os/exec"
@@ -38,9 +39,24 @@ func Start(t testing.TB, args ...string) *Server {
 	t.Helper()
 	s := newServer(t)
 	s.args = args
+	// A port found free can be taken by another process before redis-server binds it: then
+	// it exits at once, and another port is tried.
+	for range 2 {
+		if err := s.tryStart(); !errors.Is(err, errExited) {
+			if err != nil {
+				t.Fatal(err)
+			}
+			return s
+		}
+		s.port = FreePort(t)
+		s.Addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(s.port))
+	}
 	s.start()
 	return s
 }
+
+// errExited is tryStart's error when redis-server exits at start (most often: its port taken).
+var errExited = errors.New("redis-server exited at start")
 
 // newServer prepares a server on a free port, stopped when the test ends; start starts it.
 func newServer(t testing.TB) *Server {
@@ -84,6 +100,13 @@ func (s *Server) URL() string { return "redis://" + s.Addr + "/0" }
 
 func (s *Server) start() {
 	s.t.Helper()
+	if err := s.tryStart(); err != nil {
+		s.t.Fatal(err)
+	}
+}
+
+// tryStart starts redis-server and waits until it answers.
+func (s *Server) tryStart() error {
 	port := strconv.Itoa(s.port)
 	if s.tls != nil {
 		port = "0" // TLS only: the TLS port is in args
@@ -94,7 +117,7 @@ func (s *Server) start() {
 	), s.args...)
 	s.cmd = exec.Command("redis-server", args...)
 	if err := s.cmd.Start(); err != nil {
-		s.t.Fatalf("start redis-server: %v", err)
+		return fmt.Errorf("start redis-server: %w", err)
 	}
 	s.done = make(chan struct{})
 	go func(cmd *exec.Cmd, done chan struct{}) {
@@ -104,15 +127,16 @@ func (s *Server) start() {
 	deadline := time.Now().Add(10 * time.Second)
 	for time.Now().Before(deadline) {
 		if s.ping() == nil {
-			return
+			return nil
 		}
 		select {
 		case <-s.done:
-			s.t.Fatalf("redis-server on %s exited at start", s.Addr)
+			s.cmd = nil
+			return fmt.Errorf("%w on %s", errExited, s.Addr)
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
-	s.t.Fatalf("redis-server on %s did not answer PING within 10s", s.Addr)
+	return fmt.Errorf("redis-server on %s did not answer PING within 10s", s.Addr)
 }
 
 // ping sends an inline PING and expects +PONG (or -NOAUTH, which also proves it is up).
